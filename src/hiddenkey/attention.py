@@ -185,8 +185,10 @@ def _explicit_weights_attention(query, key, value, bias, mask, causal, dropout, 
     batch, heads, q_len, head_dim = query.shape
     k_len = key.shape[2]
     scale = head_dim**-0.5 if scaling is None else scaling
-    logits = torch.matmul(query, key.transpose(-1, -2)).float() * scale
-    structure = torch.zeros((), dtype=torch.float32, device=query.device) if bias is None else bias.float()
+    compute_dtype = torch.promote_types(query.dtype, torch.float32)
+    logits = torch.matmul(query, key.transpose(-1, -2)).to(compute_dtype) * scale
+    zero = torch.zeros((), dtype=compute_dtype, device=query.device)
+    structure = zero if bias is None else bias.to(compute_dtype)
     logits = logits + ops.apply_structure(structure, mask, causal, q_len, k_len)
     keep = ops.attention_keep_mask("element", batch, heads, q_len, k_len, spec.rate, spec.span_ratio, query.device)
     weights = ops.dropattention_softmax(logits, keep, spec.stop_gradient).to(value.dtype)
