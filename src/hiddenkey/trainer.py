@@ -178,7 +178,7 @@ class Trainer(transformers.Trainer):
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self._consistency_count and "loss" in logs:
-            logs["consistency_loss"] = round(self._consistency_sum / self._consistency_count, 6)
+            logs["consistency_loss"] = self._consistency_sum / self._consistency_count
             self._consistency_sum, self._consistency_count = 0.0, 0
         super().log(logs, *args, **kwargs)
 
