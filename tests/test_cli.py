@@ -186,7 +186,7 @@ def test_resume_without_checkpoint_is_an_error(tiny_bert, data, tmp_path, capsys
 
 
 def test_parsing_presets_overrides_and_config_files(tmp_path):
-    _, data_args, lora_args, cfg, run, training = parse_train_args(
+    _, data_args, lora_args, cfg, run, training, _ = parse_train_args(
         ["--method", "hiddenkey", "--rate", "0.05", "--hidden-rate", "0.2", "--consistency_weight", "2"]
     )
     assert (cfg.logits_rate, cfg.hidden_rate, cfg.consistency_weight) == (0.05, 0.2, 2.0)
@@ -194,9 +194,40 @@ def test_parsing_presets_overrides_and_config_files(tmp_path):
     assert lora_args.lora_r == 8 and lora_args.lora_alpha == 16
     config_file = tmp_path / "run.yaml"
     config_file.write_text("method: dropkey\nlogits_pattern: element\nlearning_rate: 0.0004\ntask_name: rte\n")
-    _, data_args, _, cfg, _, training = parse_train_args([str(config_file), "--rate", "0.2"])
+    _, data_args, _, cfg, _, training, _ = parse_train_args([str(config_file), "--rate", "0.2"])
     assert (cfg.method, cfg.logits_rate, cfg.logits_pattern) == ("dropkey", 0.2, "element")
     assert training.learning_rate == 0.0004 and data_args.task_name == "rte" and data_args.max_train_samples is None
     config_file.write_text("dropkey_rate: 0.1\n")
     with pytest.raises(ValueError, match="dropkey_rate"):
         parse_train_args([str(config_file)])
+
+
+@pytest.mark.parametrize("task,data_dir", [("e2e", "tests/fixtures/e2e"), ("webnlg", "tests/fixtures/webnlg")])
+def test_nlg_train_generates_scores_and_eval_reproduces(tmp_path, capsys, task, data_dir):
+    from .nlg_helpers import tiny_causal_lm_folder
+
+    model = tiny_causal_lm_folder(tmp_path / "gpt2", family="gpt2")
+    out = tmp_path / "run"
+    args = [
+        "train", "--model", str(model), "--task_name", task, "--data_dir", data_dir, "--output_dir", str(out),
+        "--max_steps", "3", "--eval_steps", "3", "--save_steps", "3", "--logging_steps", "1",
+        "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true",
+        "--max_new_tokens", "8", "--num_beams", "2", "--lora_r", "4", "--lora_alpha", "32",
+    ]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = {"bleu", "nist", "meteor", "rouge_l", "cider"} if task == "e2e" else {"all_bleu", "all_meteor", "all_ter"}
+    assert expected <= set(metrics["test"])
+    assert (out / "predictions.jsonl").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "args.json").read_text())["generation"]["num_beams"] == 2
+    assert hiddenkey_layers(out) == "auto"
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    printed = capsys.readouterr().out
+    reproduced = json.loads(printed[: printed.rindex("}") + 1])
+    for key in expected:
+        assert reproduced[key] == pytest.approx(metrics["test"][key])
+
+
+def hiddenkey_layers(run) -> str:
+    return json.loads((run / "hiddenkey_config.json").read_text())["layers"]

@@ -143,11 +143,15 @@ def explicit_fields(argv: list[str], file_values: dict[str, Any]) -> set[str]:
 
 
 def parse_train_args(argv: list[str] | None = None):
-    """Returns (model, data, lora, dropout_config, run, training) argument objects."""
+    """Returns (model, data, lora, dropout_config, run, training, generation) argument objects."""
     from transformers import HfArgumentParser, TrainingArguments
 
+    from .generation import GenerationSettings
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments, TrainingArguments))
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments, TrainingArguments, GenerationSettings)
+    )
     file_values: dict[str, Any] = {}
     argv_file = None
     if len(argv) >= 1 and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
@@ -168,11 +172,11 @@ def parse_train_args(argv: list[str] | None = None):
     if unknown:
         raise ConfigError(f"unknown settings in {argv_file}: {', '.join(unknown)}")
     parser.set_defaults(**{**defaults, **file_values})
-    model_args, data_args, lora_args, dropout_args, run_args, training_args = parser.parse_args_into_dataclasses(
-        args=argv
+    model_args, data_args, lora_args, dropout_args, run_args, training_args, generation_args = (
+        parser.parse_args_into_dataclasses(args=argv)
     )
     dropout_config = resolve_dropout_config(dropout_args, run_args.rate, given)
-    return model_args, data_args, lora_args, dropout_config, run_args, training_args
+    return model_args, data_args, lora_args, dropout_config, run_args, training_args, generation_args
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:

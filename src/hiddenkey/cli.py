@@ -332,12 +332,12 @@ def _configure_logging() -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
-    args = parse_train_args(argv)
-    model_args, data_args, lora_args, dropout_config, run_args, training_args = args
+    *args, generation_args = parse_train_args(argv)
+    data_args, training_args = args[1], args[5]
     if _is_generation_task(data_args.task_name):
         from .nlg import train_nlg
 
-        results = train_nlg(*args)
+        results = train_nlg(*args, generation_args)
     else:
         results = train_classification(*args)
     _print_summary(results, training_args.output_dir)

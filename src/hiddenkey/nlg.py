@@ -1,0 +1,165 @@
+"""E2E and WebNLG: causal-LM LoRA training with the loss on the target only, then generation and metrics."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .tasks import DataError, NLGExample
+
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+def load_nlg_examples(data_args) -> tuple[str, dict[str, list[NLGExample]]]:
+    from . import tasks
+
+    name = data_args.task_name.strip().lower()
+    loader = tasks.load_e2e if name == "e2e" else tasks.load_webnlg
+    splits = loader(
+        data_dir=data_args.data_dir,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+    )
+    return name, splits
+
+
+def _limit(items: list, n: int | None) -> list:
+    return items if n is None else items[:n]
+
+
+def load_causal_lm(model_args, adapter_dir: str | Path | None = None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .cli import CLIError
+
+    path = model_args.model_name_or_path
+    if not path:
+        raise CLIError("E2E and WebNLG need --model_name_or_path (a causal LM, e.g. gpt2-medium or a local folder)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir or path, cache_dir=model_args.cache_dir)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, cache_dir=model_args.cache_dir, attn_implementation=model_args.attn_implementation
+        )
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CLIError(f"cannot load model {path!r}: {first}") from None
+    if tokenizer.eos_token is None:
+        raise CLIError(f"the tokenizer of {path!r} has no eos token, which separates source and target")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, path
+
+
+def _encode(tokenizer, examples: list[NLGExample], max_length: int):
+    from datasets import Dataset
+
+    from .generation import encode_training_pairs
+    from .tasks import to_training_pairs
+
+    features = encode_training_pairs(tokenizer, to_training_pairs(examples), max_length)
+    return Dataset.from_list(features)
+
+
+def train_nlg(model_args, data_args, lora_args, dropout_config, run_args, training_args, generation_args=None) -> dict:
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from . import attach
+    from .cli import ARGS_FILE, METRICS_FILE, PLOT_FILE, lora_config, prepare_output_dir, resolved_arguments, write_json
+    from .generation import CausalLMCollator
+    from .trainer import Trainer
+
+    name, splits = load_nlg_examples(data_args)
+    out = prepare_output_dir(training_args, run_args, f"{name}-{dropout_config.method}")
+    if not splits.get("train"):
+        raise DataError(f"task {name!r} has no training examples")
+    set_seed(training_args.seed)
+    model, tokenizer, model_path = load_causal_lm(model_args)
+    train = _encode(tokenizer, _limit(splits["train"], data_args.max_train_samples), data_args.max_seq_length)
+    validation = splits.get("validation") or []
+    eval_dataset = _encode(tokenizer, _limit(validation, data_args.max_eval_samples), data_args.max_seq_length) if validation else None
+    model = get_peft_model(model, lora_config(lora_args, model, "CAUSAL_LM"))
+    attach(model, dropout_config)
+    if eval_dataset is None:
+        training_args.eval_strategy = "no"
+        training_args.load_best_model_at_end = False
+    elif training_args.load_best_model_at_end:
+        training_args.metric_for_best_model = "eval_loss"
+        training_args.greater_is_better = False
+
+    if out.exists() and run_args.overwrite and not run_args.resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=eval_dataset,
+        data_collator=CausalLMCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    last = None
+    if run_args.resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(out))
+    train_output = trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out))
+    trainer.save_state()
+
+    results: dict[str, Any] = {"task": name, "method": dropout_config.method, "dropout": dropout_config.describe()}
+    results["primary_metric"] = "bleu" if name == "e2e" else "all_bleu"
+    results["train"] = dict(train_output.metrics)
+    if eval_dataset is not None:
+        results["validation"] = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    test = _limit(splits.get("test") or [], data_args.max_predict_samples)
+    if test and any(example.references for example in test):
+        results["test"] = generate_and_score(model, tokenizer, name, test, generation_args, out)
+    write_json(out / ARGS_FILE, {
+        **resolved_arguments(model_args, data_args, lora_args, dropout_config, run_args, training_args, model_path),
+        "generation": _as_dict(generation_args),
+    })
+    write_json(out / METRICS_FILE, results)
+    if run_args.plot:
+        from .report import plot_training_curves
+
+        plot_training_curves(trainer.state.log_history, "eval_loss", out / PLOT_FILE, title=f"{name}-{dropout_config.method}")
+    return results
+
+
+def _as_dict(settings) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(settings) if settings is not None else {}
+
+
+def generate_and_score(model, tokenizer, task_name: str, examples: list[NLGExample], generation_args, out: Path) -> dict:
+    from .generation import GenerationSettings, evaluate_generation, generate_texts, resolve, write_predictions
+
+    settings = resolve(generation_args or GenerationSettings(), task_name, model.config.model_type)
+    hypotheses = generate_texts(model, tokenizer, [e.source for e in examples], settings)
+    write_predictions(out / PREDICTIONS_FILE, examples, hypotheses)
+    scored = [(e, h) for e, h in zip(examples, hypotheses) if e.references]
+    return evaluate_generation(task_name, [e for e, _ in scored], [h for _, h in scored])
+
+
+def evaluate_nlg_run(run: Path, saved: dict, data_args) -> dict:
+    from peft import PeftModel
+
+    from .arguments import ModelArguments
+    from .generation import GenerationSettings
+
+    model_args = ModelArguments(**saved["model"])
+    model, tokenizer, _ = load_causal_lm(model_args, adapter_dir=run)
+    model = PeftModel.from_pretrained(model, str(run)).eval()
+    name, splits = load_nlg_examples(data_args)
+    test = _limit(splits.get("test") or [], data_args.max_predict_samples)
+    if not test:
+        raise DataError(f"task {name!r} has no test examples to evaluate")
+    settings = GenerationSettings(**saved.get("generation", {})) if saved.get("generation") else None
+    eval_dir = run / "eval"
+    eval_dir.mkdir(exist_ok=True)
+    return {"split": "test", **generate_and_score(model, tokenizer, name, test, settings, eval_dir)}
