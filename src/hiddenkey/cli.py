@@ -130,8 +130,7 @@ def load_model_and_tokenizer(model_args: ModelArguments, spec, adapter_dir: str 
             **kwargs,
         )
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CLIError(f"cannot load model {path!r}: {first}") from None
+        raise model_load_error(path, err) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise CLIError(f"the tokenizer of {path!r} has neither a pad nor an eos token")
@@ -172,6 +171,31 @@ def prepare_output_dir(training_args, run_args: RunArguments, default_name: str)
     elif out.exists() and any(out.iterdir()) and not run_args.overwrite:
         raise CLIError(f"run folder {out} already exists; pass --overwrite to replace it or --resume to continue")
     return out
+
+
+def model_load_error(path: str, err: Exception) -> CLIError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return CLIError(f"cannot load model {path!r}: {first}")
+
+
+def create_run_dir(out: Path, run_args: RunArguments) -> None:
+    """Called once every check has passed: only now does the run folder appear (or get replaced)."""
+    if out.exists() and run_args.overwrite and not run_args.resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train_and_save(trainer, out: Path, run_args: RunArguments):
+    """Train (from the last checkpoint with --resume), then save the adapter, its config and the state."""
+    last = None
+    if run_args.resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(out))
+    train_output = trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out))
+    trainer.save_state()
+    return train_output
 
 
 def _json_safe(value: Any) -> Any:
@@ -224,9 +248,7 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
     def compute_metrics(prediction):
         return compute_classification_metrics(spec.name, prediction.predictions, prediction.label_ids, spec.is_regression)
 
-    if out.exists() and run_args.overwrite and not run_args.resume:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    create_run_dir(out, run_args)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -242,14 +264,7 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
     results["dropout"] = dropout_config.describe()
     results["untrained"] = _evaluate(trainer, splits["validation"], test)
 
-    last = None
-    if run_args.resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(out))
-    train_output = trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(out))
-    trainer.save_state()
+    train_output = train_and_save(trainer, out, run_args)
 
     results.update(_evaluate(trainer, splits["validation"], test))
     train_labels = splits["train"]["label"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ def _limit(items: list, n: int | None) -> list:
 def load_causal_lm(model_args, adapter_dir: str | Path | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .cli import CLIError
+    from .cli import CLIError, model_load_error
 
     path = model_args.model_name_or_path
     if not path:
@@ -43,8 +42,7 @@ def load_causal_lm(model_args, adapter_dir: str | Path | None = None):
             path, cache_dir=model_args.cache_dir, attn_implementation=model_args.attn_implementation
         )
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CLIError(f"cannot load model {path!r}: {first}") from None
+        raise model_load_error(path, err) from None
     if tokenizer.eos_token is None:
         raise CLIError(f"the tokenizer of {path!r} has no eos token, which separates source and target")
     if tokenizer.pad_token is None:
@@ -68,7 +66,17 @@ def train_nlg(model_args, data_args, lora_args, dropout_config, run_args, traini
     from transformers import set_seed
 
     from . import attach
-    from .cli import ARGS_FILE, METRICS_FILE, PLOT_FILE, lora_config, prepare_output_dir, resolved_arguments, write_json
+    from .cli import (
+        ARGS_FILE,
+        METRICS_FILE,
+        PLOT_FILE,
+        create_run_dir,
+        lora_config,
+        prepare_output_dir,
+        resolved_arguments,
+        train_and_save,
+        write_json,
+    )
     from .generation import CausalLMCollator
     from .trainer import Trainer
 
@@ -90,9 +98,7 @@ def train_nlg(model_args, data_args, lora_args, dropout_config, run_args, traini
         training_args.metric_for_best_model = "eval_loss"
         training_args.greater_is_better = False
 
-    if out.exists() and run_args.overwrite and not run_args.resume:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    create_run_dir(out, run_args)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -101,14 +107,7 @@ def train_nlg(model_args, data_args, lora_args, dropout_config, run_args, traini
         data_collator=CausalLMCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
-    last = None
-    if run_args.resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(out))
-    train_output = trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(out))
-    trainer.save_state()
+    train_output = train_and_save(trainer, out, run_args)
 
     results: dict[str, Any] = {"task": name, "method": dropout_config.method, "dropout": dropout_config.describe()}
     results["primary_metric"] = "bleu" if name == "e2e" else "all_bleu"
