@@ -140,8 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=RATE, help="drop rate of every preset")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per variant")
     p.add_argument("--steps", type=int, default=8, help="timed steps per variant (interleaved rounds)")
-    p.add_argument("--eval-steps", type=int, default=None, help="timed eval forwards per variant (default: --steps)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--eval-steps", type=int, default=None, help="timed eval forwards per variant (None: as many as --steps)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (None: torch's default; use 1 on a small shared machine)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--seed", type=int, default=0)
@@ -429,6 +429,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for v in variants:
             v.model = v.optimizer = None
         gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         for v, name in zip(variants, names):
             log(args, f"memory: {name} (fresh subprocess)")
             v.memory = measure_memory(args, name)
