@@ -320,22 +320,11 @@ def _webnlg_json_entries(p: Path) -> list[_Entry]:
 
 
 def _resolve_webnlg_inputs(data_dir: str | Path | None, given: dict[str, str | Path | None]) -> dict[str, Path] | None:
-    files = {split: Path(p) for split, p in given.items() if p is not None}
-    if data_dir is not None and files:
-        raise DataError("give either data_dir or train/validation/test files, not both")
-    if data_dir is None:
-        return files or None
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise DataError(f"WebNLG data_dir not found or not a directory: {root}")
-    for split, names in _WEBNLG_SPLIT_NAMES.items():
-        candidates = [root / f"{n}{ext}" for n in names for ext in (".xml", ".json", "")]
-        found = next((c for c in candidates if c.exists()), None)
-        if found is not None:
-            files[split] = found
-    if "train" not in files:
-        raise DataError(f"WebNLG: no train.xml, train.json or train/ in {root}")
-    return files
+    names = {
+        split: tuple(f"{n}{ext}" for n in stems for ext in (".xml", ".json", ""))
+        for split, stems in _WEBNLG_SPLIT_NAMES.items()
+    }
+    return _resolve_split_files(data_dir, given, names, "WebNLG")
 
 
 def _load_webnlg_hub(cache_dir: str | Path | None) -> dict[str, list[NLGExample]]:
