@@ -9,8 +9,9 @@ import pytest
 import torch
 import transformers
 
-from hiddenkey.arguments import minilm_path, parse_train_args
-from hiddenkey.cli import main
+from hiddenkey.cli.arguments import parse_train_args
+from hiddenkey.cli.main import main
+from hiddenkey.cli.models import minilm_path
 
 WORDS_POS = ["great", "wonderful", "superb", "moving", "funny", "brilliant"]
 WORDS_NEG = ["awful", "boring", "dull", "clumsy", "tedious", "bland"]

