@@ -158,14 +158,19 @@ def explicit_fields(argv: list[str], file_values: dict[str, Any]) -> set[str]:
     return given | set(file_values)
 
 
-def parse_train_args(argv: list[str] | None = None):
-    """Returns (model, data, lora, dropout_config, run, training, generation) argument objects."""
+def train_parser():
+    """The ``hiddenkey train`` parser: one dataclass per concern, parsed by HfArgumentParser."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(
+    return HfArgumentParser(
         (ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments, TrainingArguments, GenerationSettings)
     )
+
+
+def parse_train_args(argv: list[str] | None = None):
+    """Returns (model, data, lora, dropout_config, run, training, generation) argument objects."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = train_parser()
     file_values: dict[str, Any] = {}
     argv_file = None
     if len(argv) >= 1 and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):

@@ -8,6 +8,7 @@ from typing import Any
 from .arguments import DataArguments, ModelArguments
 from .errors import CLIError
 from .models import load_model_and_tokenizer, lora_config
+from .trials import trial_reporter
 from .runs import (
     create_run_dir,
     eval_scratch_dir,
@@ -119,6 +120,7 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
         return compute_classification_metrics(spec.name, prediction.predictions, prediction.label_ids, spec.is_regression)
 
     create_run_dir(out, run_args)
+    reporter = trial_reporter(f"eval_{metric}")
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -127,6 +129,7 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
+        callbacks=[reporter] if reporter else None,
     )
     test = splits.get("test")
     test = test if test is not None and has_labels(test) else None
@@ -148,6 +151,8 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
     }
     results["train"] = {k: v for k, v in train_output.metrics.items()}
     results["examples"] = {split: len(ds) for split, ds in splits.items()}
+    if reporter is not None and reporter.pruned_at is not None:
+        results["pruned_at_step"] = reporter.pruned_at
     write_args(out, resolved_arguments(model_args, data_args, lora_args, dropout_config, run_args, training_args, model_path))
     write_metrics(out, results)
     if run_args.plot:

@@ -8,6 +8,7 @@ from typing import Any
 from ..tasks import DataError, NLGExample
 from .arguments import GenerationSettings, ModelArguments
 from .models import load_causal_lm, lora_config
+from .trials import trial_reporter
 from .runs import (
     create_run_dir,
     eval_dir,
@@ -78,6 +79,7 @@ def train_generation(
         training_args.greater_is_better = False
 
     create_run_dir(out, run_args)
+    reporter = trial_reporter("eval_loss", negate=True) if eval_dataset is not None else None
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -85,12 +87,15 @@ def train_generation(
         eval_dataset=eval_dataset,
         data_collator=CausalLMCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
+        callbacks=[reporter] if reporter else None,
     )
     train_output = train_and_save(trainer, out, run_args)
 
     results: dict[str, Any] = {"task": name, "method": dropout_config.method, "dropout": dropout_config.describe()}
     results["primary_metric"] = "bleu" if name == "e2e" else "all_bleu"
     results["train"] = dict(train_output.metrics)
+    if reporter is not None and reporter.pruned_at is not None:
+        results["pruned_at_step"] = reporter.pruned_at
     if eval_dataset is not None:
         results["validation"] = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     test = _limit(splits.get("test") or [], data_args.max_predict_samples)

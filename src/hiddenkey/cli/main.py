@@ -1,8 +1,9 @@
-"""``hiddenkey train`` and ``hiddenkey eval``: LoRA finetuning with the unified dropout framework.
+"""``hiddenkey``: LoRA finetuning with the unified dropout framework.
 
     hiddenkey train                                   # offline default: MiniLM on Rotten Tomatoes, HiddenKey
     hiddenkey train --task_name rte --model roberta-large --method hiddenkey --rate 0.1 --output_dir runs/rte
     hiddenkey eval runs/rotten_tomatoes-hiddenkey      # reload the adapter, recompute the test metrics
+    hiddenkey sweep spec.yaml --output_dir sweeps/s    # every configuration of a grid, resumable (Optuna)
 """
 
 from __future__ import annotations
@@ -95,7 +96,13 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------- main
-COMMANDS = {"train": cmd_train, "eval": cmd_eval}
+def cmd_sweep(argv: list[str]) -> int:
+    from .sweep import cmd_sweep as run
+
+    return run(argv)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

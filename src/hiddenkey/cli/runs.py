@@ -113,6 +113,19 @@ def read_args(run: Path) -> dict[str, Any]:
     return json.loads((run / ARGS_FILE).read_text())
 
 
+def read_run_arguments(run: Path) -> dict[str, Any] | None:
+    path = run / ARGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_trainer_log(run: Path) -> list[dict[str, Any]]:
+    """The Trainer's log history (``trainer_state.json``, written by ``save_state``), or []."""
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    path = run / TRAINER_STATE_NAME
+    return json.loads(path.read_text()).get("log_history", []) if path.is_file() else []
+
+
 def write_metrics(out: Path, results: dict[str, Any]) -> None:
     write_json(out / METRICS_FILE, results)
 
