@@ -85,6 +85,10 @@ class RunArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run folder."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output_dir."})
     plot: bool = field(default=True, metadata={"help": "Write training_curves.png into the run folder."})
+    untrained_baseline: bool = field(
+        default=True,
+        metadata={"help": "Evaluate the untrained model first, as a reference in metrics.json (off saves time in sweeps)."},
+    )
 
 
 @dataclass

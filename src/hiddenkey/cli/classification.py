@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from .arguments import DataArguments, ModelArguments
 from .errors import CLIError
 from .models import load_model_and_tokenizer, lora_config
@@ -133,13 +135,20 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
     )
     test = splits.get("test")
     test = test if test is not None and has_labels(test) else None
+    final = FinalModelEvaluation(trainer, test) if training_args.load_best_model_at_end else None
+    if final is not None:
+        trainer.add_callback(final)
     results: dict[str, Any] = {"task": spec.name, "method": dropout_config.method, "primary_metric": metric}
     results["dropout"] = dropout_config.describe()
-    results["untrained"] = _evaluate(trainer, splits["validation"], test)
+    if run_args.untrained_baseline:
+        results["untrained"] = _evaluate(trainer, splits["validation"], test)
 
     train_output = train_and_save(trainer, out, run_args)
 
     results.update(_evaluate(trainer, splits["validation"], test))
+    if final is not None and final.test is not None and final.metrics is not None:
+        results["final"] = {"validation": _final_validation(trainer.state.log_history), "test": final.metrics}
+        results["best_step"] = trainer.state.best_global_step
     train_labels = splits["train"]["label"]
     results["majority_class"] = {
         "validation": majority_class_baseline(train_labels, splits["validation"]["label"], spec.name, spec.is_regression),
@@ -158,6 +167,28 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
     if run_args.plot:
         write_curves(out, trainer.state.log_history, f"eval_{metric}", title=name)
     return results
+
+
+class FinalModelEvaluation(TrainerCallback):
+    """Test metrics of the model as it stands after the last step, before the best checkpoint is loaded.
+
+    With ``load_best_model_at_end`` the saved model is the best validation checkpoint (early stopping);
+    this keeps the end-of-training result beside it, so overfitting stays visible. It runs at the last
+    ``on_step_end``, before the Trainer's own final evaluation and the switch to the best checkpoint.
+    """
+
+    def __init__(self, trainer, test) -> None:
+        self.trainer, self.test = trainer, test
+        self.metrics: dict[str, float] | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.test is not None and state.global_step >= state.max_steps:
+            self.metrics = _strip(self.trainer.predict(self.test, metric_key_prefix="test").metrics, "test_")
+
+
+def _final_validation(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    evaluations = [e for e in log_history if any(k.startswith("eval_") for k in e)]
+    return _strip({k: v for k, v in evaluations[-1].items() if k.startswith("eval_")}, "eval_") if evaluations else {}
 
 
 def _evaluate(trainer, validation, test) -> dict[str, dict[str, float]]:

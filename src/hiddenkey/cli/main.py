@@ -4,6 +4,8 @@
     hiddenkey train --task_name rte --model roberta-large --method hiddenkey --rate 0.1 --output_dir runs/rte
     hiddenkey eval runs/rotten_tomatoes-hiddenkey      # reload the adapter, recompute the test metrics
     hiddenkey sweep spec.yaml --output_dir sweeps/s    # every configuration of a grid, resumable (Optuna)
+    hiddenkey tune spec.yaml --output_dir sweeps/t     # search rate and KL weight, then retrain best vs baseline
+    hiddenkey report sweeps/s                          # tables (median ± std, paired tests) and plots
 """
 
 from __future__ import annotations
@@ -54,11 +56,15 @@ def _print_summary(results: dict, output_dir: str) -> None:
     lines = [f"run folder: {output_dir}", f"dropout: {results.get('dropout')}"]
     for split in ("validation", "test"):
         if split in results and metric in results[split]:
-            row = f"{split}: {metric} {results[split][metric]:.4f}"
+            references = []
+            if metric in results.get("final", {}).get(split, {}):
+                references.append(f"end of training {results['final'][split][metric]:.4f}")
             if split in results.get("majority_class", {}):
-                row += f" (majority class {results['majority_class'][split].get(metric, float('nan')):.4f}"
-                row += f", untrained {results['untrained'][split].get(metric, float('nan')):.4f})"
-            lines.append(row)
+                references.append(f"majority class {results['majority_class'][split].get(metric, float('nan')):.4f}")
+            if split in results.get("untrained", {}):
+                references.append(f"untrained {results['untrained'][split].get(metric, float('nan')):.4f}")
+            note = f" ({', '.join(references)})" if references else ""
+            lines.append(f"{split}: {metric} {results[split][metric]:.4f}{note}")
     print("\n".join(lines))
 
 
@@ -102,7 +108,19 @@ def cmd_sweep(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep}
+def cmd_report(argv: list[str]) -> int:
+    from .report import cmd_report as run
+
+    return run(argv)
+
+
+def cmd_tune(argv: list[str]) -> int:
+    from .tune import cmd_tune as run
+
+    return run(argv)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "tune": cmd_tune, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

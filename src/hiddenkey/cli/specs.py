@@ -111,8 +111,8 @@ def canonical_name(name: Any, known: set[str], where: str) -> str:
     if key not in known:
         import difflib
 
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = difflib.get_close_matches(key, sorted(known), n=3)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise CLIError(f"{where}: '{name}' is not a hiddenkey train argument{hint}")
     return key
 

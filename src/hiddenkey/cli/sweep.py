@@ -234,7 +234,16 @@ def completed_configurations(ref) -> set[str]:
     return {t.user_attrs.get("config_key") for t in ref.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
 
 
-def run_sweep(plan: SweepPlan, out: Path, storage: str | None, workers: int, threads: int | None, heartbeat_s: int) -> int:
+def run_sweep(
+    plan: SweepPlan,
+    out: Path,
+    storage: str | None,
+    workers: int,
+    threads: int | None,
+    heartbeat_s: int = 20,
+    report_source: Path | None = None,
+):
+    """Run every missing configuration; returns (exit code, study)."""
     from .studies import create_or_load_study, open_storage, reclaim_dead_trials, storage_url
 
     check_folder(out, plan)
@@ -256,14 +265,14 @@ def run_sweep(plan: SweepPlan, out: Path, storage: str | None, workers: int, thr
     except KeyboardInterrupt:
         stop.set()
         print("\nhiddenkey: sweep interrupted; run the same command to continue where it stopped", file=sys.stderr)
-        return 130
+        return 130, ref
     missing = [p.label() for p in plan.points if p.key not in completed_configurations(ref)]
     if missing:
         print(f"{len(missing)} configuration(s) did not complete: {'; '.join(missing[:5])}"
               f"{' ...' if len(missing) > 5 else ''}. Logs in {out / LOGS_DIR}; run the same command to retry them.")
-        return 1
-    print(f"all {len(plan.points)} configurations complete. Report: hiddenkey report {out}")
-    return 0
+        return 1, ref
+    print(f"all {len(plan.points)} configurations complete. Report: hiddenkey report {report_source or out}")
+    return 0, ref
 
 
 def cmd_sweep(argv: list[str]) -> int:
@@ -288,4 +297,4 @@ def cmd_sweep(argv: list[str]) -> int:
         raise CLIError(f"--heartbeat_interval must be >= 1 second, got {ns.heartbeat_interval}")
     plan = load_plan(ns.spec, ns.study_name)
     threads = ns.threads or max(1, (os.cpu_count() or 1) // ns.workers)
-    return run_sweep(plan, Path(ns.output_dir), ns.storage, ns.workers, threads, ns.heartbeat_interval)
+    return run_sweep(plan, Path(ns.output_dir), ns.storage, ns.workers, threads, ns.heartbeat_interval)[0]

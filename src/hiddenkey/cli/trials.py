@@ -109,6 +109,9 @@ def read_outcome(run_dir: Path) -> TrialOutcome:
         "lora_r": (arguments or {}).get("lora", {}).get("lora_r"),
         "curves": training_curves(read_trainer_log(run_dir), primary),
     }
+    if "final" in metrics:  # the end-of-training result beside the best checkpoint's
+        attrs["final"] = {split: _numbers(values) for split, values in metrics["final"].items()}
+        attrs["best_step"] = metrics.get("best_step")
     if metrics.get("pruned_at_step") is not None:
         attrs["pruned_at_step"] = metrics["pruned_at_step"]
     if value is None:
@@ -144,8 +147,8 @@ def _tail(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------- reporting
-def reporter_env(storage_url: str, study_name: str, trial_id: int, pruner: str | None) -> dict[str, str]:
-    return {TRIAL_ENV: json.dumps({"storage": storage_url, "study": study_name, "trial_id": trial_id, "pruner": pruner})}
+def reporter_env(storage_url: str, study_name: str, trial_number: int, pruner: str | None) -> dict[str, str]:
+    return {TRIAL_ENV: json.dumps({"storage": storage_url, "study": study_name, "trial": trial_number, "pruner": pruner})}
 
 
 def trial_reporter(metric_key: str, negate: bool = False):
@@ -173,7 +176,8 @@ class OptunaReporter(_callback_base()):
         from .studies import load_study, make_pruner, open_storage
 
         ref = load_study(open_storage(spec["storage"]), spec["study"], pruner=make_pruner(spec.get("pruner")))
-        self.trial = optuna.trial.Trial(ref.study, spec["trial_id"])
+        trial_id = ref.storage.get_trial_id_from_study_id_trial_number(ref.study_id, spec["trial"])
+        self.trial = optuna.trial.Trial(ref.study, trial_id)
         self.metric_key = metric_key
         self.sign = sign
         self.reported: set[int] = set()
