@@ -205,3 +205,49 @@ def test_a_folder_belongs_to_one_spec(tmp_path, assets):
         from hiddenkey.cli.sweep import check_folder
 
         check_folder(out, load_plan(spec))
+
+
+# ------------------------------------------------------------------------------------------- launching
+def test_launch_flags_hand_out_gpus_and_start_trials_through_the_launcher(tmp_path):
+    import argparse
+    import threading
+
+    from hiddenkey.cli.trials import Launch, add_launch_arguments, launch_from, run_trial
+
+    parser = argparse.ArgumentParser()
+    add_launch_arguments(parser)
+    ns = parser.parse_args(["--gpus", "0", "1,2", "--launcher", "torchrun --nproc_per_node 2"])
+    launch = launch_from(ns)
+    assert ns.workers == 2 and launch.gpus == ("0", "1,2") and launch.threads >= 1
+    assert launch.command(["train", "--seed", "1"])[:4] == ["torchrun", "--nproc_per_node", "2", "-m"]
+    for bad, message in [(["--gpus", "a"], "--gpus takes device numbers"), (["--gpus", "0", "--workers", "2"], "more than the 1 GPU"),
+                         (["--workers", "0"], "--workers must be >= 1"), (["--launcher", " "], "--launcher is empty")]:
+        with pytest.raises(CLIError, match=message):
+            launch_from(parser.parse_args(bad))
+
+    # Two trials at once never share a GPU group, and each gets its group back when it ends.
+    held, seen, lock = [], [], threading.Lock()
+    launch = Launch(threads=1, gpus=("0", "1"))
+
+    def trial():
+        with launch.environment() as env:
+            with lock:
+                held.append(env["CUDA_VISIBLE_DEVICES"])
+                seen.append(sorted(held))
+            time.sleep(0.05)
+            with lock:
+                held.remove(env["CUDA_VISIBLE_DEVICES"])
+
+    workers = [threading.Thread(target=trial) for _ in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert all(len(set(s)) == len(s) <= 2 for s in seen) and held == []
+
+    # The launcher really starts the trial: it receives `-m hiddenkey.cli train ...` and the GPU group.
+    record = tmp_path / "launched.txt"
+    script = f'echo "$CUDA_VISIBLE_DEVICES $OMP_NUM_THREADS $*" > {record}; exit 3'
+    outcome = run_trial(["--seed", "1"], tmp_path / "run", tmp_path / "log.txt", Launch(threads=3, launcher=("sh", "-c", script, "sh"), gpus=("5",)))
+    assert not outcome.ok and "exited with 3" in outcome.error
+    assert record.read_text().split()[:5] == ["5", "3", "-m", "hiddenkey.cli", "train"]

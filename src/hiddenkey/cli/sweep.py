@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CLIError
+from .trials import add_launch_arguments, launch_from
 from .specs import (
     GridPoint,
     check_argv,
@@ -176,7 +177,7 @@ def _clock(seconds: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------- workers
-def work(ref, plan: SweepPlan, out: Path, progress: Progress, stop: threading.Event, threads: int | None) -> None:
+def work(ref, plan: SweepPlan, out: Path, progress: Progress, stop: threading.Event, launch) -> None:
     """Pop and run trials until none is waiting and none is running anywhere."""
     import optuna
 
@@ -207,7 +208,7 @@ def work(ref, plan: SweepPlan, out: Path, progress: Progress, stop: threading.Ev
         record_params(ref, trial_id, point, plan)
         started = time.time()
         with heartbeat(ref, trial_id):
-            outcome = run_trial(argv, out / RUNS_DIR / slug, out / LOGS_DIR / f"{slug}.log", threads=threads)
+            outcome = run_trial(argv, out / RUNS_DIR / slug, out / LOGS_DIR / f"{slug}.log", launch)
         if stop.is_set() and not outcome.ok:
             return  # interrupted: the trial is reclaimed by the next start
         attrs = {**finish_attrs, **outcome.attrs, **({} if outcome.ok else {"failure": outcome.error})}
@@ -239,7 +240,7 @@ def run_sweep(
     out: Path,
     storage: str | None,
     workers: int,
-    threads: int | None,
+    launch,
     heartbeat_s: int = 20,
     report_source: Path | None = None,
 ):
@@ -255,7 +256,7 @@ def run_sweep(
     print(f"sweep {plan.name}: {len(plan.points)} configurations, {done} done; {workers} worker(s); folder {out}", flush=True)
     progress = Progress(len(plan.points), done, workers)
     stop = threading.Event()
-    pool = [threading.Thread(target=work, args=(ref, plan, out, progress, stop, threads), daemon=True) for _ in range(workers)]
+    pool = [threading.Thread(target=work, args=(ref, plan, out, progress, stop, launch), daemon=True) for _ in range(workers)]
     for thread in pool:
         thread.start()
     try:
@@ -285,16 +286,11 @@ def cmd_sweep(argv: list[str]) -> int:
     parser.add_argument("--output_dir", "--output-dir", required=True, help="Sweep folder: study, run folders, logs.")
     parser.add_argument("--storage", default=None, help="Optuna storage URL shared by many machines (default: SQLite in the folder).")
     parser.add_argument("--study_name", "--study-name", default=None, help="Study name (default: spec name + digest).")
-    parser.add_argument("--workers", type=int, default=1, help="Trials run at the same time by this process.")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per trial (default: cores / workers).")
+    add_launch_arguments(parser)
     parser.add_argument("--heartbeat_interval", type=int, default=20, help="Seconds between trial heartbeats.")
     ns = parser.parse_args(argv)
-    if ns.workers < 1:
-        raise CLIError(f"--workers must be >= 1, got {ns.workers}")
-    if ns.threads is not None and ns.threads < 1:
-        raise CLIError(f"--threads must be >= 1, got {ns.threads}")
+    launch = launch_from(ns)
     if ns.heartbeat_interval < 1:
         raise CLIError(f"--heartbeat_interval must be >= 1 second, got {ns.heartbeat_interval}")
     plan = load_plan(ns.spec, ns.study_name)
-    threads = ns.threads or max(1, (os.cpu_count() or 1) // ns.workers)
-    return run_sweep(plan, Path(ns.output_dir), ns.storage, ns.workers, threads, ns.heartbeat_interval)[0]
+    return run_sweep(plan, Path(ns.output_dir), ns.storage, ns.workers, launch, ns.heartbeat_interval)[0]

@@ -14,8 +14,12 @@ says so in ``metrics.json`` (``pruned_at_step``).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import CLIError
 from .runs import read_metrics, read_run_arguments, read_trainer_log
 
 TRIAL_ENV = "HIDDENKEY_OPTUNA_TRIAL"
@@ -39,6 +44,71 @@ class TrialOutcome:
     pruned: bool = False
     attrs: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+
+
+@dataclass
+class Launch:
+    """How each trial's ``hiddenkey train`` process starts: CPU threads, a launcher, the GPUs to share out.
+
+    ``gpus`` are ``CUDA_VISIBLE_DEVICES`` values; a running trial holds one of them (``"0"``, or ``"0,1"``
+    for a two-GPU trial under a launcher) and gives it back when it ends.
+    """
+
+    threads: int | None = None
+    launcher: tuple[str, ...] = ()
+    gpus: tuple[str, ...] = ()
+    _free: queue.Queue = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._free = queue.Queue()
+        for gpu in self.gpus:
+            self._free.put(gpu)
+
+    def command(self, argv: list[str]) -> list[str]:
+        return [*(self.launcher or (sys.executable,)), "-m", "hiddenkey.cli", *argv]
+
+    @contextlib.contextmanager
+    def environment(self, extra: dict[str, str] | None = None):
+        env = {**os.environ, **(extra or {})}
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+            env["MKL_NUM_THREADS"] = str(self.threads)
+        gpu = self._free.get() if self.gpus else None
+        try:
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+            yield env
+        finally:
+            if gpu is not None:
+                self._free.put(gpu)
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=None, help="Trials run at the same time by this process (default: the number of --gpus, else 1).")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per trial (default: cores / workers).")
+    parser.add_argument("--gpus", nargs="+", default=[], help="CUDA_VISIBLE_DEVICES values handed out one per running trial: "
+                        "--gpus 0 1 2 3 runs four one-GPU trials at once; --gpus 0,1 2,3 with a two-process --launcher.")
+    parser.add_argument("--launcher", default=None, help="Command that starts each trial in place of python, followed by "
+                        "'-m hiddenkey.cli train ...': e.g. 'accelerate launch --num_processes 2' or 'torchrun --nproc_per_node 2'.")
+
+
+def launch_from(ns: argparse.Namespace) -> Launch:
+    """Check the launch flags and fill ``ns.workers``; one-line errors for bad values."""
+    gpus = tuple(g.strip() for g in ns.gpus)
+    if any(not g or not all(part.strip().isdigit() for part in g.split(",")) for g in gpus):
+        raise CLIError(f"--gpus takes device numbers such as 0 1 or 0,1 2,3; got {' '.join(ns.gpus)}")
+    ns.workers = ns.workers if ns.workers is not None else max(1, len(gpus))
+    if ns.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {ns.workers}")
+    if gpus and ns.workers > len(gpus):
+        raise CLIError(f"--workers {ns.workers} is more than the {len(gpus)} GPU group(s) given to --gpus")
+    if ns.threads is not None and ns.threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {ns.threads}")
+    launcher = tuple(shlex.split(ns.launcher)) if ns.launcher else ()
+    if ns.launcher is not None and not launcher:
+        raise CLIError("--launcher is empty")
+    threads = ns.threads or max(1, (os.cpu_count() or 1) // ns.workers)
+    return Launch(threads=threads, launcher=launcher, gpus=gpus)
 
 
 def train_command(argv: list[str], run_dir: Path) -> list[str]:
@@ -59,23 +129,20 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def run_trial(
-    argv: list[str], run_dir: Path, log_path: Path, env: dict[str, str] | None = None, threads: int | None = None
+    argv: list[str], run_dir: Path, log_path: Path, launch: Launch | None = None, env: dict[str, str] | None = None
 ) -> TrialOutcome:
     """Train (unless the run folder already holds final metrics) and read the outcome."""
+    launch = launch or Launch()
     started = time.time()
     reused = read_metrics(run_dir) is not None
     if not reused:
         command = train_command(argv, run_dir)
-        child_env = {**os.environ, **(env or {})}
-        if threads:
-            child_env.setdefault("OMP_NUM_THREADS", str(threads))
-            child_env.setdefault("MKL_NUM_THREADS", str(threads))
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        with open(log_path, "ab") as log, launch.environment(env) as child_env:
             log.write(f"\n$ {' '.join(command)}\n".encode())
             log.flush()
             code = subprocess.call(
-                [sys.executable, "-m", "hiddenkey.cli", *command[1:]],
+                launch.command(command[1:]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=child_env,
@@ -86,8 +153,8 @@ def run_trial(
     outcome = read_outcome(run_dir)
     outcome.attrs["reused_run_folder"] = reused
     outcome.attrs["duration_s"] = round(time.time() - started, 1)
-    if threads:
-        outcome.attrs["threads"] = threads
+    if launch.threads:
+        outcome.attrs["threads"] = launch.threads
     return outcome
 
 

@@ -20,13 +20,13 @@ renders them. Killed and started again, tune continues: completed trials count t
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import CLIError
+from .trials import add_launch_arguments, launch_from
 from .specs import check_argv, check_keys, normalise_train, read_spec, spec_digest, to_argv, train_argument_names
 
 DEFAULT_SEARCH = {"rate": [0.01, 0.3], "consistency_weight": [0.01, 10.0], "method": ["hiddenkey"]}
@@ -111,7 +111,7 @@ def make_sampler(seed: int | None, workers: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True, constant_liar=workers > 1)
 
 
-def training_objective(ref, storage_url: str, train: dict[str, Any], space: SearchSpace, out: Path, pruner: str, threads: int | None):
+def training_objective(ref, storage_url: str, train: dict[str, Any], space: SearchSpace, out: Path, pruner: str, launch):
     """The objective of a tuning trial: a ``hiddenkey train`` run reporting to Optuna as it trains."""
     import optuna
 
@@ -129,7 +129,7 @@ def training_objective(ref, storage_url: str, train: dict[str, Any], space: Sear
         trial.set_user_attr("argv", argv)
         trial.set_user_attr("run_dir", str(run_dir.relative_to(out)))
         env = reporter_env(storage_url, ref.study.study_name, trial.number, pruner)
-        outcome = run_trial(argv, run_dir, out / "logs" / f"trial-{trial.number}.log", env=env, threads=threads)
+        outcome = run_trial(argv, run_dir, out / "logs" / f"trial-{trial.number}.log", launch, env=env)
         for key, value in outcome.attrs.items():
             trial.set_user_attr(key, value)
         if not outcome.ok:
@@ -211,16 +211,14 @@ def cmd_tune(argv: list[str]) -> int:
     parser.add_argument("--pruner", choices=PRUNERS, default="median", help="Stop hopeless trials early (default: median).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="Seeds of the final comparison (>= 3).")
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in the folder).")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per trial.")
+    add_launch_arguments(parser)
     parser.add_argument("--sampler_seed", "--sampler-seed", type=int, default=0, help="Seed of the TPE sampler.")
     ns = parser.parse_args(argv)
     if ns.n_trials < 1:
         raise CLIError(f"--n_trials must be >= 1, got {ns.n_trials}")
     if len(set(ns.seeds)) < 3:
         raise CLIError(f"--seeds needs at least 3 different seeds for a paired comparison, got {ns.seeds}")
-    if ns.workers < 1:
-        raise CLIError(f"--workers must be >= 1, got {ns.workers}")
+    launch = launch_from(ns)
 
     data = read_spec(ns.spec)
     check_keys(data, ("train", "search"), (), ns.spec)
@@ -237,7 +235,6 @@ def cmd_tune(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(out, ns.storage)
     storage = open_storage(url)
-    threads = ns.threads or max(1, (os.cpu_count() or 1) // ns.workers)
 
     ref, _ = create_or_load_study(storage, name, sampler=make_sampler(ns.sampler_seed, ns.workers), pruner=make_pruner(ns.pruner))
     ref.study.set_user_attr("tune", {"train": train, "search": data.get("search") or {}, "n_trials": ns.n_trials})
@@ -245,7 +242,7 @@ def cmd_tune(argv: list[str]) -> int:
           f"method in {list(space.methods)} "
           f"({ns.n_trials} trials, pruner {ns.pruner}); folder {out}", flush=True)
     started = time.time()
-    search(ref, training_objective(ref, url, train, space, out, ns.pruner, threads), ns.n_trials, ns.timeout, ns.workers)
+    search(ref, training_objective(ref, url, train, space, out, ns.pruner, launch), ns.n_trials, ns.timeout, ns.workers)
     setting = best_setting(ref)
     print(f"best setting after {len(ref.study.trials)} trials ({time.time() - started:.0f}s): {setting} "
           f"(validation {ref.study.best_value:.4f})", flush=True)
@@ -262,7 +259,7 @@ def cmd_tune(argv: list[str]) -> int:
     )
     for point in points:
         check_argv(plan.argv(point), f"final run {point.label()}")
-    code, final_ref = run_sweep(plan, out / FINAL_DIR, url, ns.workers, threads, report_source=out)
+    code, final_ref = run_sweep(plan, out / FINAL_DIR, url, ns.workers, launch, report_source=out)
     metric, rows = final_comparison(final_ref, ns.seeds)
     print_comparison(setting, metric, rows)
     return code
