@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import DataError, TaskSpec, check_file
+from ..suggest import did_you_mean
+from .base import DataError, TaskSpec, check_file, decode_text, read_text
 from .glue import (
     GLUE_TASKS,
     REGRESSION_RANGES,
@@ -48,7 +49,7 @@ def get_task(name: str) -> TaskSpec:
     compact = key.replace("-", "").replace("_", "")
     if compact in GLUE_TASKS:
         return GLUE_TASKS[compact]
-    raise DataError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    raise DataError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}" + did_you_mean(name, TASKS))
 
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "NLGExample",
     "TaskSpec",
     "check_file",
+    "decode_text",
     "get_task",
     "glue_task",
     "linearize_e2e",
@@ -78,6 +80,7 @@ __all__ = [
     "parse_triple",
     "read_e2e_file",
     "read_table",
+    "read_text",
     "read_webnlg",
     "rotten_tomatoes_path",
     "select_webnlg",

@@ -19,7 +19,6 @@ Linearisation (the text the LM is conditioned on) follows the LoRA repository's 
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .base import DataError, TaskSpec, check_file
+from .base import DataError, TaskSpec, check_file, csv_rows, read_text
 
 E2E_HUB_PATHS: tuple[str, ...] = ("tuetschek/e2e_nlg", "GEM/e2e_nlg")
 WEBNLG_HUB_PATHS: tuple[tuple[str, str | None], ...] = (("web_nlg", "webnlg_challenge_2017"), ("GEM/web_nlg", "en"))
@@ -162,11 +161,9 @@ def read_e2e_file(path: str | Path, split: str = "train") -> list[NLGExample]:
 
 
 def _read_e2e_csv(p: Path, split: str) -> list[tuple[str, str | None, dict[str, Any]]]:
-    with p.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        rows = list(reader)
+    records = list(csv_rows(read_text(p, f"E2E {split} file"), p))
+    header = [h.strip() for h in records[0][1]] if records else []
+    rows = [(line, dict(zip(header, fields))) for line, fields in records[1:]]
     lower = {h.lower(): h for h in header}
     mr_col = next((lower[c] for c in _MR_COLUMNS if c in lower), None)
     ref_col = next((lower[c] for c in _REF_COLUMNS if c in lower), None)
@@ -176,7 +173,7 @@ def _read_e2e_csv(p: Path, split: str) -> list[tuple[str, str | None, dict[str, 
     if not rows:
         raise DataError(f"{p}: header only, no data rows")
     out: list[tuple[str, str | None, dict[str, Any]]] = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         mr = (row.get(mr_col) or "").strip()
         if not mr:
             raise DataError(f"{p}: row {line} has an empty MR")
@@ -191,7 +188,7 @@ def _read_e2e_csv(p: Path, split: str) -> list[tuple[str, str | None, dict[str, 
 
 def _read_e2e_txt(p: Path) -> list[tuple[str, str | None, dict[str, Any]]]:
     out: list[tuple[str, str | None, dict[str, Any]]] = []
-    for line_no, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for line_no, line in enumerate(read_text(p, "E2E file").splitlines(), start=1):
         if not line.strip():
             continue
         if "||" not in line:
@@ -301,7 +298,7 @@ def _lex_text(lex: ET.Element) -> str:
 
 def _webnlg_json_entries(p: Path) -> list[_Entry]:
     try:
-        obj = json.loads(p.read_text(encoding="utf-8-sig"))
+        obj = json.loads(read_text(p, "WebNLG file"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{p}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("entries"), list):
