@@ -226,6 +226,62 @@ def load_text_classification(
     return DatasetDict({s: _to_dataset(c, spec) for s, c in ordered.items()}), spec
 
 
+def load_split_file(
+    spec: TaskSpec,
+    path: str | Path,
+    split: str = "test",
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+) -> Dataset:
+    """One file of a task whose spec is already known (e.g. recorded with a trained run), as a Dataset.
+
+    Built-in tasks read it as :func:`load_glue` does; a custom task maps labels through the spec's
+    ``label_names`` (the training labels), so no training file is needed.
+    """
+    path = Path(path)
+    if spec.name != "custom":
+        return _load_task_file(spec, path, split, text_column, text_pair_column, label_column)
+    columns, rows = read_table(path)
+    src_cols = _infer_text_columns(columns, text_column, text_pair_column, label_column)
+    if len(src_cols) != len(spec.text_columns):
+        raise DataError(
+            f"{path}: {len(src_cols)} text column(s) {list(src_cols)}, but the task has {len(spec.text_columns)} "
+            f"{list(spec.text_columns)}"
+        )
+    _require_columns(path, columns, [*src_cols, label_column] if split != "test" else list(src_cols))
+    data = {out: _text_values(rows, src, path) for out, src in zip(spec.text_columns, src_cols, strict=True)}
+    raw = [row.get(label_column) for row in rows]
+    _check_finite_labels(raw, path)
+    if spec.is_regression:
+        data["label"] = _regression_labels(raw, path, split, None)
+    else:
+        data["label"] = _labels_by_name(raw, spec, path, split)
+    return _to_dataset(data, spec)
+
+
+def _labels_by_name(raw: list[Any], spec: TaskSpec, path: str | Path, split: str) -> list[int]:
+    """Class ids of custom labels via the training label names (their text, or their number)."""
+    to_id = spec.label2id
+    out = []
+    for i, value in enumerate(raw):
+        if _is_missing(value):
+            if split != "test":
+                raise DataError(f"{path}: row {i + 1} has no label")
+            out.append(NO_LABEL)
+            continue
+        key = str(value).strip()
+        if key not in to_id and _as_number(value) is not None:
+            key = str(_class_key(value, path))
+        if key not in to_id:
+            if split == "test" and _as_int(value) == NO_LABEL:
+                out.append(NO_LABEL)
+                continue
+            raise DataError(f"{path}: row {i + 1}: label {value!r} not among the training labels {list(spec.label_names)}")
+        out.append(to_id[key])
+    return out
+
+
 def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
     """Read a CSV (``,``), TSV (tab, no quoting), JSON or JSON-lines file into (columns, rows).
 

@@ -244,6 +244,43 @@ def load_webnlg(
     return data
 
 
+def load_nlg_split(
+    task: str,
+    split: str,
+    data_dir: str | Path | None = None,
+    file: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    seen_categories: Iterable[str] | None = None,
+) -> list[NLGExample]:
+    """One split of E2E or WebNLG (e.g. the test split to evaluate on) without reading the other splits.
+
+    From ``file``, else the split's well-known file in ``data_dir``, else the hub. WebNLG examples are
+    *seen* when their category is in ``seen_categories`` (the training categories recorded with a run),
+    else in :data:`WEBNLG_SEEN_CATEGORIES`.
+    """
+    if task not in ("e2e", "webnlg"):
+        raise DataError(f"no NLG task {task!r}; expected e2e or webnlg")
+    if file is None and data_dir is not None:
+        names = _E2E_SPLIT_FILES if task == "e2e" else {
+            s: tuple(f"{n}{ext}" for n in stems for ext in (".xml", ".json", "")) for s, stems in _WEBNLG_SPLIT_NAMES.items()
+        }  # fmt: skip
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise DataError(f"{task} data_dir not found or not a directory: {root}")
+        file = next((root / n for n in names[split] if (root / n).exists()), None)
+        if file is None:
+            raise DataError(f"{task}: none of {list(names[split])} found in {root}")
+    if file is None:
+        examples = (load_e2e if task == "e2e" else load_webnlg)(cache_dir=cache_dir).get(split) or []
+    else:
+        examples = read_e2e_file(file, split) if task == "e2e" else read_webnlg(file, split)
+    if task == "webnlg":
+        seen = set(seen_categories) if seen_categories is not None else WEBNLG_SEEN_CATEGORIES
+        for ex in examples:
+            ex.meta["seen"] = ex.meta["category"] in seen
+    return examples
+
+
 def read_webnlg(path: str | Path, split: str = "train") -> list[NLGExample]:
     """Read a WebNLG XML file, a folder of XML files, or a LoRA-repo JSON file."""
     p = Path(path).expanduser()
