@@ -131,17 +131,17 @@ def with_lora(model, lora_args: LoraArguments, task_type: str):
     from peft import get_peft_model
 
     config = lora_config(lora_args, model, task_type)
+    wanted = [config.target_modules] if isinstance(config.target_modules, str) else sorted(config.target_modules)
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if not list(module.children())})
+    missing = [t for t in wanted if t not in names]
     try:
         return get_peft_model(model, config)
     except ValueError as err:
-        if "not found in the base model" not in str(err):
+        if not missing:
             raise CLIError(f"invalid LoRA settings: {' '.join(str(err).split())}") from None
         from ..suggest import did_you_mean
 
-        names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if not list(module.children())})
-        wanted = sorted(config.target_modules) if not isinstance(config.target_modules, str) else [config.target_modules]
-        missing = [t for t in wanted if t not in names]
         raise CLIError(
-            f"--lora_target_modules {','.join(missing or wanted)}: no such module in {type(model).__name__}; "
-            f"its layers are named {', '.join(names)}" + did_you_mean((missing or wanted)[0], names)
+            f"--lora_target_modules {','.join(missing)}: no such module in {type(model).__name__}; "
+            f"its layers are named {', '.join(names)}" + did_you_mean(missing[0], names)
         ) from None

@@ -123,7 +123,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a mapping of settings (learning_rate: 0.001, ...), "
-            f"got a {type(data).__name__}"
+            f"got {type(data).__name__} {str(data)[:40]!r}"
         )
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
