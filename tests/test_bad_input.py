@@ -129,6 +129,44 @@ def _incomplete_checkpoint(folder: Path, model: str) -> dict[str, str]:
     return {}
 
 
+def _unknown_model_type(folder: Path, model: str) -> dict[str, str]:
+    copy = _tiny_copy(folder, model)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "model_type": "bertz"}))
+    return {"--model": str(copy)}
+
+
+def _without(*names: str) -> Callable[[Path, str], dict[str, str]]:
+    def make(folder: Path, model: str) -> dict[str, str]:
+        copy = _tiny_copy(folder, model)
+        for name in names:
+            (copy / name).unlink()
+        return {"--model": str(copy)}
+
+    return make
+
+
+def _bad_torch_bin(folder: Path, model: str) -> dict[str, str]:
+    copy = _tiny_copy(folder, model)
+    (copy / "model.safetensors").unlink()
+    (copy / "pytorch_model.bin").write_bytes(b"garbage" * 10)
+    return {"--model": str(copy)}
+
+
+def _sharded_without_a_shard(folder: Path, model: str) -> dict[str, str]:
+    copy = _tiny_copy(folder, model)
+    (copy / "model.safetensors").rename(copy / "model-00001-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    return {"--model": str(copy)}
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 _HELD_LOCKS: list[Any] = []
 
 
@@ -290,13 +328,22 @@ ROWS = [
     Row("resume without a checkpoint", {"--resume": ""}, ("--resume", "no checkpoint"), overwrite=False),
     Row("resume with only an interrupted save", {"--resume": ""}, ("checkpoint-4", "interrupted"), files=_incomplete_checkpoint,
         overwrite=False),
-    Row("run folder in use", files=_locked, expect=("in use by another hiddenkey process",), loads_model=True),
+    Row("run folder in use", files=_locked, expect=("in use by another hiddenkey process",)),
     # ---- the model
     Row("model path not found", {"--model": "/nonexistent/model"}, ("'/nonexistent/model'", "not found")),
     Row("model folder without config", files=lambda f, m: {"--model": str(f)}, expect=("no config.json",)),
     Row("model path is a file", files=lambda f, m: {"--model": _w(f / "weights.bin", "x")}, expect=("is a file", "model folder")),
     Row("truncated model weights", files=_truncated_model, expect=("model.safetensors", "truncated")),
     Row("broken model config", files=_bad_config_json, expect=("config.json", "cannot read the model config")),
+    Row("unknown model type", files=_unknown_model_type, expect=("`bertz`", "does not recognize this architecture")),
+    Row("model folder without weights", files=_without("model.safetensors"), expect=("no weights", "model.safetensors")),
+    Row("model folder without tokenizer", files=_without("tokenizer.json"), expect=("no tokenizer", "tokenizer.json, vocab.txt")),
+    Row("damaged pytorch_model.bin", files=_bad_torch_bin, expect=("pytorch_model.bin", "not a PyTorch weights file")),
+    Row("missing weight shard", files=_sharded_without_a_shard, expect=("lacks 1 weight shard", "model-00002-of-00002")),
+    Row("hub id not cached offline", {"--model": "nobody/no-such-model"},
+        ("'nobody/no-such-model'", "not in the Hugging Face cache", "HF_HUB_OFFLINE"), skip_if=lambda: not _offline()),
+    Row("layer beyond the model from the end", {"--layers": "-3"}, ("[-3]", "-2..-1")),
+    Row("a layer twice counting from the end", {"--layers": "1,-1"}, ("layer 1 twice", "-1 and 1")),
 ]
 
 
@@ -513,3 +560,12 @@ def test_describe_names_the_loss_that_runs_on_a_regression_head():
     cfg = DropoutConfig.preset("hiddenkey", rate=0.1)
     assert cfg.describe(regression=True).endswith("MSE(w=1, backprop=one)")
     assert "KL" in cfg.describe()
+
+
+def test_negative_layers_count_from_the_last_with_a_warning(tiny_bert, caplog):
+    from hiddenkey.cli.arguments import parse_train_args
+
+    with caplog.at_level("WARNING", logger="hiddenkey"):
+        _, _, _, dropout_config, *_ = parse_train_args(["--model", tiny_bert, "--method", "dropkey", "--layers", "-1"])
+    assert dropout_config.layer_indices(2, decoder_only=False) == [1]
+    assert "--layers -1 counts negative indices from the last layer: layers [1] of 0..1" in caplog.text

@@ -224,7 +224,15 @@ class DropoutConfig:
                 f"layers {bad} out of range for a model with {num_layers} layers "
                 f"(allowed: 0..{num_layers - 1}, or -{num_layers}..-1 counted from the last)"
             )
-        return sorted({i % num_layers for i in indices})
+        resolved = [i % num_layers for i in indices]
+        twice = sorted({i for i in resolved if resolved.count(i) > 1})
+        if twice:
+            both = [i for i in indices if i % num_layers == twice[0]]
+            raise ConfigError(
+                f"layers {self.layers!r} names layer {twice[0]} twice ({both[0]} and {both[1]} in a model with "
+                f"{num_layers} layers); give each layer once"
+            )
+        return sorted(resolved)
 
     # ----------------------------------------------------------------------------------------- checks
     def validate(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def minilm_path() -> Path:
 
 
 #: What loading a model raises for a bad model (not a bug): missing or damaged files, missing packages.
-LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, ImportError)
+LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, ImportError, EOFError, pickle.UnpicklingError)
 try:
     from safetensors import SafetensorError
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -550,6 +551,12 @@ def check_report_to(training_args) -> None:
             raise CLIError(f"--report_to {name} needs the {name} package, which is not installed; use none or tensorboard")
 
 
+#: Weight files ``from_pretrained`` reads from a local folder (an index names the shards that must exist too).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+#: A local folder holds a tokenizer when it has one of these (transformers otherwise builds an empty-vocabulary one).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
+
+
 def check_model(model_args, data_args, dropout_config: DropoutConfig) -> None:
     """The model exists and its config loads; layer indices and ``max_seq_length`` fit it. (No weights load.)"""
     name = model_args.model_name_or_path
@@ -563,31 +570,98 @@ def check_model(model_args, data_args, dropout_config: DropoutConfig) -> None:
         if local.suffix == ".gguf":
             return
         raise CLIError(f"--model_name_or_path {local} is a file; expected a model folder (with config.json) or a hub id")
-    if local.is_dir() and not (local / "config.json").is_file():
-        raise CLIError(f"{local} is not a model folder: it has no config.json")
-    for weights in sorted(local.glob("*.safetensors")) if local.is_dir() else []:
-        if problem := safetensors_problem(weights):
-            raise CLIError(f"cannot load model {name!r}: {weights} is damaged: {problem}")
+    if local.is_dir():
+        check_model_folder(local)
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(name, cache_dir=model_args.cache_dir)
     except (OSError, ValueError, KeyError) as err:
         if local.is_dir():
-            raise CLIError(f"cannot read the model config {local / 'config.json'}: {one_line(err)}") from None
-        raise CLIError(
-            f"cannot load model {name!r}: not found (no such local folder, and the hub could not provide it: {one_line(err)})"
-        ) from None
+            raise CLIError(f"cannot read the model config {local / 'config.json'}: {first_sentence(err)}") from None
+        raise CLIError(hub_model_missing(name, err)) from None
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     layers = getattr(text, "num_hidden_layers", None)
     if isinstance(layers, int) and dropout_config.layers.strip().lower() not in ("auto", "all", "latter_half"):
-        dropout_config.layer_indices(layers, decoder_only=False)  # raises ConfigError when out of range
+        chosen = dropout_config.layer_indices(layers, decoder_only=False)  # raises ConfigError when out of range
+        if any(i.strip().startswith("-") for i in dropout_config.layers.split(",")):
+            logging.getLogger("hiddenkey").warning(
+                "--layers %s counts negative indices from the last layer: layers %s of 0..%d",
+                dropout_config.layers, chosen, layers - 1,
+            )
     positions = getattr(text, "max_position_embeddings", None)
     if isinstance(positions, int) and 0 < positions < data_args.max_seq_length:
         raise CLIError(
             f"--max_seq_length {data_args.max_seq_length} is longer than the model's {positions} positions; "
             f"use at most {positions}"
         )
+
+
+def check_model_folder(local: Path) -> None:
+    """A local model folder has a config, complete weights and a tokenizer (read headers only)."""
+    if not (local / "config.json").is_file():
+        raise CLIError(f"{local} is not a model folder: it has no config.json")
+    weights = [local / n for n in WEIGHT_FILES if (local / n).is_file()]
+    if not weights:
+        raise CLIError(f"model folder {local} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    for path in weights:
+        if path.name.endswith(".index.json"):
+            weights += _shards(path)
+    for path in weights:
+        if path.suffix == ".safetensors" and (problem := safetensors_problem(path)):
+            raise CLIError(f"cannot load model {str(local)!r}: {path} is damaged: {problem}")
+        if path.suffix == ".bin" and (problem := torch_file_problem(path)):
+            raise CLIError(f"cannot load model {str(local)!r}: {path} is damaged: {problem}")
+    if not any((local / n).is_file() for n in TOKENIZER_FILES):
+        raise CLIError(f"model folder {local} has no tokenizer: expected one of {', '.join(TOKENIZER_FILES)}")
+
+
+def _shards(index: Path) -> list[Path]:
+    try:
+        shard_names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise CLIError(f"{index} is damaged: not a JSON index with a weight_map") from None
+    missing = [n for n in shard_names if not (index.parent / n).is_file()]
+    if missing:
+        raise CLIError(f"model folder {index.parent} lacks {len(missing)} weight shard(s) its index names: {', '.join(missing[:3])}")
+    return [index.parent / n for n in shard_names]
+
+
+def hub_model_missing(name: str, err: BaseException) -> str:
+    """Why a name that is no local folder could not come from the hub: offline and not cached, or not there."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return (
+            f"cannot load model {name!r}: no such local folder, and not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}); HF_HUB_OFFLINE is set, so it is not downloaded"
+        )
+    return f"cannot load model {name!r}: no such local folder, and the hub could not provide it ({first_sentence(err)})"
+
+
+def first_sentence(err: BaseException) -> str:
+    """The first sentence of an exception's message (library messages often go on with install advice)."""
+    text = one_line(err)
+    match = re.search(r"(?<=[a-z0-9`'\)])\. (?=[A-Z])", text)
+    return text[: match.start() + 1] if match else text
+
+
+def torch_file_problem(path: Path) -> str | None:
+    """Why a ``pytorch_model.bin`` cannot be a torch checkpoint (a cut-off zip, not a pickle), or None."""
+    import zipfile
+
+    try:
+        with path.open("rb") as f:
+            head = f.read(2)
+    except OSError as err:
+        return one_line(err)
+    if zipfile.is_zipfile(path):
+        return None
+    if head[:1] == b"PK":
+        return "truncated (a zip archive without its end)"
+    if head[:1] != b"\x80":  # torch's legacy format is a pickle (protocol 2 or later)
+        return "not a PyTorch weights file"
+    return None
 
 
 def safetensors_problem(path: Path) -> str | None:
