@@ -14,7 +14,7 @@ APPLICATION = ("hiddenkey.cli", "hiddenkey.tasks", "hiddenkey.metrics")
 #: File names the tool writes; each must be spelled in exactly one module.
 OWNED_FILE_NAMES = (
     "args.json", "task.json", ".hiddenkey.lock", "metrics.json", "training_curves.png", "predictions.jsonl",
-    "hiddenkey_config.json",
+    "hiddenkey_config.json", ".saving",
 )
 
 

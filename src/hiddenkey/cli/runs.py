@@ -12,9 +12,11 @@ and TensorBoard logs are the Trainer's).
 ``predictions.jsonl``       generated texts of an NLG run, one JSON object per line
 ``eval/``                   what ``hiddenkey eval`` regenerates for an NLG run
 ``.hiddenkey.lock``         held while a process trains or evaluates in the folder
+``.saving/``                the final adapter and state while they are written (then moved in)
 ==========================  ==========================================================
 
-Faults: a run folder is locked while it is used (a second process gets a clear error); ``--resume``
+Every file is written whole or not at all (a temporary name, then a rename), so a killed process
+never leaves a half-written JSON file or adapter behind. Faults: a run folder is locked while it is used (a second process gets a clear error); ``--resume``
 continues from the last *complete* checkpoint (one whose save was interrupted is removed); Ctrl-C
 becomes :class:`RunInterrupted` naming the last checkpoint; a non-finite loss or gradient norm stops
 training (:class:`TrainingDiverged`) and the last finite checkpoint becomes the run's result.
@@ -26,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -47,6 +50,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 EVAL_DIR = "eval"
 EVAL_SCRATCH_DIR = "eval_tmp"
 RUNS_ROOT = "runs"
+SAVING_DIR = ".saving"
 
 
 # ------------------------------------------------------------------------------------------- faults
@@ -75,6 +79,8 @@ def prepare_output_dir(training_args, run_args, default_name: str) -> Path:
         training_args.output_dir = str(Path(RUNS_ROOT) / default_name)
     out = Path(training_args.output_dir)
     check_output_dir(str(out))
+    if (out / LOCK_FILE).exists():
+        lock_run_dir(out).release()  # another process training here is an error now, before the model loads
     if run_args.resume:
         if not out.is_dir():
             raise CLIError(f"--resume: no checkpoint to resume from: run folder {out} not found")
@@ -187,6 +193,7 @@ def last_complete_checkpoint(out: Path) -> Path | None:
 
 
 def _remove_incomplete_checkpoints(out: Path) -> None:
+    shutil.rmtree(out / SAVING_DIR, ignore_errors=True)  # a final save that was killed
     for checkpoint in checkpoints(out):
         problem = checkpoint_problem(checkpoint)
         if problem is not None:
@@ -198,20 +205,25 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(_CHECKPOINT.match(checkpoint.name).group(1))
 
 
-def _finite_weights(checkpoint: Path) -> bool:
+def _finite(checkpoint: Path) -> bool:
+    """Finite weights, and no NaN/inf evaluation loss logged at its step (finite weights can still overflow)."""
     from safetensors.torch import load_file
 
     for path in checkpoint.glob("*.safetensors"):
         if any(not bool(t.isfinite().all()) for t in load_file(str(path)).values() if t.is_floating_point()):
             return False
-    return True
+    step = checkpoint_step(checkpoint)
+    history = json.loads((checkpoint / "trainer_state.json").read_text()).get("log_history", [])
+    return all(math.isfinite(e["eval_loss"]) for e in history if e.get("step") == step and "eval_loss" in e)
 
 
 def keep_checkpoint_as_result(checkpoint: Path, out: Path) -> None:
     """Copy a checkpoint's model files (adapter, configs, tokenizer) into the run folder as its result."""
     for path in checkpoint.iterdir():
         if path.is_file() and not _TRAINER_FILES.match(path.name):
-            shutil.copy2(path, out / path.name)
+            tmp = out / f".{path.name}.tmp"
+            shutil.copy2(path, tmp)
+            os.replace(tmp, out / path.name)
 
 
 def route_tensorboard_logs(trainer, out: Path) -> None:
@@ -247,8 +259,7 @@ def train_and_save(trainer, out: Path, run_args):
         write_metrics(out, {"diverged": {"step": guard.divergence.step, "reason": str(guard.divergence),
                                          "kept_checkpoint": kept.name if kept else None}})  # fmt: skip
         raise TrainingDiverged(out, guard.divergence, kept)
-    trainer.save_model(str(out))
-    trainer.save_state()
+    save_result(trainer, out)
     state = trainer.state
     full = mean_train_loss(state.log_history, state.global_step, checkpoint_step(last) if last else None)
     if full is not None:
@@ -259,11 +270,33 @@ def train_and_save(trainer, out: Path, run_args):
     return train_output
 
 
+def save_result(trainer, out: Path) -> None:
+    """Save the adapter, its configs, the tokenizer and ``trainer_state.json`` into the run folder, each file whole.
+
+    They are written into ``.saving/`` first and then renamed into place: a kill during the save leaves
+    the run folder's previous files (or none), never a truncated adapter next to a complete config.
+    """
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    staging = out / SAVING_DIR
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    if not trainer.is_world_process_zero():
+        return
+    trainer.state.save_to_json(str(staging / TRAINER_STATE_NAME))
+    for path in sorted(staging.iterdir()):
+        target = out / path.name
+        if target.is_dir() and path.is_dir():
+            shutil.rmtree(target)
+        os.replace(path, target)
+    staging.rmdir()
+
+
 def _keep_last_finite(trainer, out: Path) -> Path | None:
     best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
     candidates = ([Path(best)] if best else []) + checkpoints(out)
     for checkpoint in candidates:
-        if checkpoint.is_dir() and checkpoint_problem(checkpoint) is None and _finite_weights(checkpoint):
+        if checkpoint.is_dir() and checkpoint_problem(checkpoint) is None and _finite(checkpoint):
             keep_checkpoint_as_result(checkpoint, out)
             return checkpoint
     return None
@@ -279,6 +312,7 @@ def to_json(value: Any) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON under a temporary name, then rename: readers see the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(to_json(data) + "\n")
     tmp.replace(path)
