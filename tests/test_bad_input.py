@@ -303,6 +303,8 @@ ROWS = [
     Row("misspelled text column", {"--text_column": "sentense"}, ("['sentense']", "did you mean 'sentence'")),
     Row("NaN label", files=lambda f, m: {"--train_file": _csv(f, "t.csv", "sentence,label\na,0.5\nb,nan\nc,1.5\n")},
         expect=("row 2", "'nan'", "finite number")),
+    Row("NaN class label", files=lambda f, m: {"--train_file": _csv(f, "t.csv", "sentence,label\na,1\nb,nan\nc,0\n")},
+        expect=("row 2", "'nan'")),
     Row("rows without labels", files=lambda f, m: {"--train_file": _csv(f, "t.csv", "sentence,label\na,1\nb,\nc,0\n")},
         expect=("row 2", "no label")),
     Row("one class only", files=lambda f, m: {"--train_file": _csv(f, "t.csv", "sentence,label\na,1\nb,1\n")},

@@ -246,3 +246,17 @@ def test_eval_needs_only_the_run_folder_and_a_test_file(tiny_bert, data, tmp_pat
     assert json.loads(printed[: printed.index("}") + 1])["accuracy"] == pytest.approx(recorded)
     assert main(["eval", str(out)]) == 2  # the recorded test file is gone: say so, in one line
     assert_one_line_error(capsys.readouterr().err, (copies["test"], "is gone", "pass --test_file"))
+
+
+# ------------------------------------------------------------------------------------------- where a run writes
+def test_a_run_writes_only_inside_its_run_folder_tensorboard_included(tiny_bert, data, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    args = _run_args(tiny_bert, data, "run")
+    args[args.index("--report_to") + 1] = "tensorboard"
+    assert main(args) == 0
+    assert [p.name for p in cwd.iterdir()] == ["run"]
+    assert list((cwd / "run").rglob("events.out.tfevents.*"))
+    assert not list((cwd / "run").glob("*.tmp")) and not (cwd / "run" / SAVING_DIR).exists()
