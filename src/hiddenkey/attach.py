@@ -10,7 +10,7 @@ from torch import nn
 
 from . import attention
 from .attention import PLAN_ATTR, AttentionPlan
-from .config import DropoutConfig
+from .config import ConfigError, DropoutConfig
 from .hidden import SiteDrop, ffn_output_site, output_head
 
 STATE_ATTR = "_hiddenkey_state"
@@ -103,6 +103,7 @@ def attach(model: nn.Module, config: DropoutConfig) -> nn.Module:
     Attach after ``get_peft_model`` so that hooks sit on the modules peft will call. Everything is
     checked before the model is touched; a failure leaves the model unchanged.
     """
+    _check_config(config)
     config.validate()
     base = base_model(model)
     if getattr(base, STATE_ATTR, None) is not None:
@@ -167,6 +168,12 @@ def attach(model: nn.Module, config: DropoutConfig) -> nn.Module:
         _disable_model_dropout(base, layers, state)
     setattr(base, STATE_ATTR, state)
     return model
+
+
+def _check_config(config: Any) -> None:
+    if not isinstance(config, DropoutConfig):
+        hint = "; build one with DropoutConfig.from_dict(...)" if isinstance(config, dict) else ""
+        raise ConfigError(f"expected a hiddenkey.DropoutConfig, got {type(config).__name__}{hint}")
 
 
 def _check_attention_support(base: nn.Module, layers: nn.ModuleList, original: str) -> None:

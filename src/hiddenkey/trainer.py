@@ -19,7 +19,7 @@ from torch import nn
 
 from . import losses
 from .attach import attach, base_model, drops_disabled, get_state, is_attached
-from .config import DropoutConfig
+from .config import ConfigError, DropoutConfig
 
 TaskLossFn = Callable[[dict[str, Any], int], tuple[torch.Tensor, Any]]
 
@@ -103,6 +103,8 @@ def hiddenkey_loss(
     model's own loss. Returns ``(loss, outputs of the gradient-carrying pass, parts)``.
     """
     unwrapped = _unwrap(model)
+    if config is not None and not isinstance(config, DropoutConfig):
+        raise ConfigError(f"config must be a hiddenkey.DropoutConfig, got {type(config).__name__}")
     config = config or get_state(unwrapped).config
     task_loss = task_loss or _model_task_loss(model)
     if not config.uses_consistency:
@@ -129,6 +131,27 @@ def hiddenkey_loss(
     return total, outputs, {"task_loss": loss.detach(), "consistency": consistency.detach()}
 
 
+def resolve_dropout_config(model: nn.Module, dropout_config: DropoutConfig | None) -> DropoutConfig | None:
+    """The config a Trainer trains with: ``dropout_config`` attached now, or the one already attached.
+
+    A model attached with a *different* config is an error rather than a silent choice of one of them.
+    """
+    if dropout_config is not None and not isinstance(dropout_config, DropoutConfig):
+        hint = "; build one with DropoutConfig.from_dict(...)" if isinstance(dropout_config, dict) else ""
+        raise ConfigError(f"dropout_config must be a hiddenkey.DropoutConfig, got {type(dropout_config).__name__}{hint}")
+    if not is_attached(model):
+        if dropout_config is not None:
+            attach(model, dropout_config)
+        return dropout_config
+    attached = get_state(model).config
+    if dropout_config is not None and dropout_config != attached:
+        raise ConfigError(
+            f"the model is already attached with a different DropoutConfig ({attached.describe()}) than "
+            f"dropout_config ({dropout_config.describe()}); call hiddenkey.detach(model) first, or omit dropout_config"
+        )
+    return attached
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") and isinstance(model.module, nn.Module) and not is_attached(model):
         model = model.module
@@ -144,9 +167,7 @@ class Trainer(transformers.Trainer):
 
     def __init__(self, *args: Any, dropout_config: DropoutConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if dropout_config is not None and not is_attached(self.model):
-            attach(self.model, dropout_config)
-        self.dropout_config = get_state(self.model).config if is_attached(self.model) else dropout_config
+        self.dropout_config = resolve_dropout_config(self.model, dropout_config)
         self._consistency_sum = 0.0
         self._consistency_count = 0
 

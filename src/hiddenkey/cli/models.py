@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,20 @@ def minilm_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
+#: What loading a model raises for a bad model (not a bug): missing or damaged files, missing packages.
+LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, ImportError, EOFError, pickle.UnpicklingError)
+try:
+    from safetensors import SafetensorError
+
+    LOAD_ERRORS += (SafetensorError,)
+except ImportError:  # pragma: no cover - safetensors comes with transformers
+    pass
+
+
 def model_load_error(path: str, err: Exception) -> CLIError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if type(err).__name__ == "SafetensorError":
+        first = f"a .safetensors file in {path} is damaged or truncated ({first})"
     return CLIError(f"cannot load model {path!r}: {first}")
 
 
@@ -64,7 +77,7 @@ def load_model_and_tokenizer(model_args: ModelArguments, spec, adapter_dir: str 
             ignore_mismatched_sizes=True,
             **kwargs,
         )
-    except (OSError, ValueError) as err:
+    except LOAD_ERRORS as err:
         raise model_load_error(path, err) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -86,7 +99,7 @@ def load_causal_lm(model_args: ModelArguments, adapter_dir: str | Path | None = 
         model = AutoModelForCausalLM.from_pretrained(
             path, cache_dir=model_args.cache_dir, attn_implementation=model_args.attn_implementation
         )
-    except (OSError, ValueError) as err:
+    except LOAD_ERRORS as err:
         raise model_load_error(path, err) from None
     if tokenizer.eos_token is None:
         raise CLIError(f"the tokenizer of {path!r} has no eos token, which separates source and target")
@@ -112,3 +125,24 @@ def lora_config(lora_args: LoraArguments, model, task_type: str):
         task_type=task_type,
         fan_in_fan_out=model.config.model_type == "gpt2",
     )
+
+
+def with_lora(model, lora_args: LoraArguments, task_type: str):
+    """``get_peft_model`` with the run's LoRA config; target modules the model lacks are a one-line error."""
+    from peft import get_peft_model
+
+    config = lora_config(lora_args, model, task_type)
+    wanted = [config.target_modules] if isinstance(config.target_modules, str) else sorted(config.target_modules)
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if not list(module.children())})
+    missing = [t for t in wanted if t not in names]
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        if not missing:
+            raise CLIError(f"invalid LoRA settings: {' '.join(str(err).split())}") from None
+        from ..suggest import did_you_mean
+
+        raise CLIError(
+            f"--lora_target_modules {','.join(missing)}: no such module in {type(model).__name__}; "
+            f"its layers are named {', '.join(names)}" + did_you_mean(missing[0], names)
+        ) from None
