@@ -246,3 +246,13 @@ def test_nlg_train_generates_scores_and_eval_reproduces(tmp_path, capsys, task, 
 
 def hiddenkey_layers(run) -> str:
     return json.loads((run / "hiddenkey_config.json").read_text())["layers"]
+
+
+def test_a_preset_takes_extra_drops_but_the_baseline_does_not():
+    from hiddenkey.cli.arguments import parse_train_args
+
+    config = parse_train_args(["--method", "hiddenkey", "--rate", "0.1", "--input_rate", "0.05", "--output_dir", "/tmp/unused"])[3]
+    assert (config.logits_rate, config.hidden_rate, config.input_rate, config.consistency) == (0.1, 0.1, 0.05, "kl")
+    assert "input" in config.active_specs() and config.logits_pattern == "column"
+    with pytest.raises(ValueError, match="--method custom"):
+        parse_train_args(["--method", "baseline", "--output_rate", "0.1", "--output_dir", "/tmp/unused"])

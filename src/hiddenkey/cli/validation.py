@@ -344,7 +344,9 @@ def check_dropout_flags(method: str, rate: float, overrides: dict[str, Any], giv
         key = f"{position}_rate"
         value = getattr(final, key)
         source = f"--{key} {value:g}" if key in overrides else f"--rate {rate:g}"
-        if position not in own and value > 0:
+        # A preset with drops takes extra ones (the paper's "+ input cutoff" / "+ output dropout" rows);
+        # the baseline means no dropout at all, so a drop added to it contradicts it.
+        if position not in own and value > 0 and not own:
             raise ConfigError(
                 f"{source} adds {POSITION_NAMES[position]} to {flag}, which has {_drops(own)}; "
                 "use --method custom to combine drops freely, or the preset that has this drop"
