@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import torch
 from torch import nn
 
 from . import attention
@@ -20,6 +22,10 @@ class AttachError(ValueError):
     """The model cannot take the requested drops; raised before anything is changed."""
 
 
+class ConsistencyIgnoredWarning(UserWarning):
+    """A model attached with a consistency loss is trained by code that does not compute it."""
+
+
 @dataclass(eq=False)
 class AttachState:
     config: DropoutConfig
@@ -29,6 +35,8 @@ class AttachState:
     original_attn_implementation: str | None = None
     enabled: bool = True
     attached: bool = True
+    in_consistency_loss: bool = False
+    warned_consistency_ignored: bool = False
     handles: list[Any] = field(default_factory=list)
     planned: list[nn.Module] = field(default_factory=list)
     restore: list[tuple[Any, str, Any]] = field(default_factory=list)
@@ -165,8 +173,48 @@ def attach(model: nn.Module, config: DropoutConfig) -> nn.Module:
         state.handles.append(embeddings.register_forward_hook(SiteDrop(specs["input"], state).forward_hook))
     if config.disable_model_dropout:
         _disable_model_dropout(base, layers, state)
+    if config.uses_consistency:
+        state.handles.append(base.register_forward_pre_hook(ConsistencyWatch(state)))
     setattr(base, STATE_ATTR, state)
     return model
+
+
+@dataclass(eq=False)
+class ConsistencyWatch:
+    """Warns once when a training forward runs outside :func:`hiddenkey.hiddenkey_loss`.
+
+    A plain ``transformers.Trainer`` or ``trl.SFTTrainer`` trains an attached model with its drops
+    but never computes the configured KL / JS loss; this makes that visible at the first step.
+    """
+
+    state: AttachState
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        state = self.state
+        if state.warned_consistency_ignored or state.in_consistency_loss or not state.active:
+            return
+        if module.training and torch.is_grad_enabled():
+            state.warned_consistency_ignored = True
+            warnings.warn(
+                f"hiddenkey: this model is attached with a {state.config.consistency.upper()} consistency loss, "
+                "but it is being trained without it (only the task loss is computed, the drops still apply). "
+                "Train with hiddenkey.Trainer or hiddenkey.SFTTrainer, add hiddenkey.TrainerMixin to your "
+                "Trainer class, or call hiddenkey.hiddenkey_loss in your own loop.",
+                ConsistencyIgnoredWarning,
+                stacklevel=2,
+            )
+
+
+@contextlib.contextmanager
+def consistency_loss_step(model: nn.Module) -> Iterator[None]:
+    """Mark the forwards inside as part of a step that computes the consistency loss."""
+    state = get_state(model)
+    previous = state.in_consistency_loss
+    state.in_consistency_loss = True
+    try:
+        yield
+    finally:
+        state.in_consistency_loss = previous
 
 
 def _check_attention_support(base: nn.Module, layers: nn.ModuleList, original: str) -> None:

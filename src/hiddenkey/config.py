@@ -143,6 +143,14 @@ class DropoutConfig:
         default=True,
         metadata=_help("Turn the model's own dropouts off (the paper disables dropout in baselines)."),
     )
+    rank_seed_offset: int = field(
+        default=1000,
+        metadata=_help(
+            "Per-rank mask stream: when training starts, rank r > 0 of a multi-process run reseeds torch's default "
+            "generator with seed + r * offset, so ranks draw different masks (rank 0 and single-process runs are "
+            "unchanged; initialisation and data order are fixed before). 0 = every rank draws the same masks."
+        ),
+    )
     dropkey_bias: float = field(
         default=1e4,
         metadata=_help(
@@ -231,6 +239,8 @@ class DropoutConfig:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.consistency_weight < 0 or math.isnan(self.consistency_weight):
             raise ConfigError(f"consistency_weight must be >= 0, got {self.consistency_weight!r}")
+        if not isinstance(self.rank_seed_offset, int) or self.rank_seed_offset < 0:
+            raise ConfigError(f"rank_seed_offset must be an integer >= 0, got {self.rank_seed_offset!r}")
         if not self.dropkey_bias > 0:
             raise ConfigError(f"dropkey_bias must be a positive number, got {self.dropkey_bias!r}")
         choice = str(self.layers).strip().lower()
