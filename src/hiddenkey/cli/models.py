@@ -19,6 +19,9 @@ QUERY_VALUE = {
     "distilbert": "q_lin,v_lin",
     "gpt2": "c_attn",
     "mpnet": "q,v",
+    "modernbert": "Wqkv",
+    "phi3": "qkv_proj",
+    "falcon": "query_key_value",
 }
 
 
