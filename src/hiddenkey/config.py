@@ -328,3 +328,13 @@ PRESETS = {
         "backprop": "one",
     },
 }
+
+#: One line per preset (the CLI's ``--method`` help and the README).
+PRESET_SUMMARIES = {
+    "baseline": "no dropout at all: the model's own dropouts are switched off (the paper's baseline)",
+    "dropkey": "DropKey: drop attention logits before the softmax (pattern: column)",
+    "dropattention": "DropAttention: drop attention weights after the softmax, normalised rescaling (pattern: element)",
+    "hiddencut": "HiddenCut: drop the FFN output (pattern: element)",
+    "hiddenkey-": "column DropKey + element HiddenCut, no consistency loss",
+    "hiddenkey": "column DropKey + element HiddenCut + bidirectional KL between two passes (the paper's method)",
+}

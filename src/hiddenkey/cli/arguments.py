@@ -158,14 +158,20 @@ def explicit_fields(argv: list[str], file_values: dict[str, Any]) -> set[str]:
     return given | set(file_values)
 
 
-def parse_train_args(argv: list[str] | None = None):
-    """Returns (model, data, lora, dropout_config, run, training, generation) argument objects."""
+def train_parser():
+    """The parser of every ``hiddenkey train`` flag (its help is ``hiddenkey train --help-all``)."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments, TrainingArguments, GenerationSettings)
+    return HfArgumentParser(
+        (ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments, TrainingArguments, GenerationSettings),
+        prog="hiddenkey train",
     )
+
+
+def parse_train_args(argv: list[str] | None = None):
+    """Returns (model, data, lora, dropout_config, run, training, generation) argument objects."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = train_parser()
     file_values: dict[str, Any] = {}
     argv_file = None
     if len(argv) >= 1 and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):

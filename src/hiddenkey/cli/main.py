@@ -34,6 +34,12 @@ def _configure_logging() -> None:
 
 # ------------------------------------------------------------------------------------------- train
 def cmd_train(argv: list[str]) -> int:
+    from .help import help_request
+
+    text = help_request(argv)
+    if text is not None:
+        print(text, end="")
+        return 0
     *args, generation_args = parse_train_args(argv)
     data_args, training_args = args[1], args[5]
     if is_generation_task(data_args.task_name):
