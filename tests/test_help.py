@@ -42,7 +42,7 @@ def test_help_is_short_ordered_and_lists_the_methods(capsys, parser_flags):
     assert shown <= parser_flags  # every flag the short help shows is a real one
     assert {f"--{name}" for name in MOST_USED_TRAINING} <= shown
     assert "--push_to_hub" not in shown and "--fsdp" not in shown
-    assert "(default: hiddenkey)" in text
+    assert "(default: hiddenkey)" in text and "gloo for several CPU processes" in text
 
 
 def test_help_all_is_the_full_parser(capsys, parser_flags):

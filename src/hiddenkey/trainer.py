@@ -231,7 +231,9 @@ class TrainerMixin:
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self._consistency_count and "loss" in logs:
-            logs["consistency_loss"] = self._consistency_sum / self._consistency_count
+            mean = torch.tensor(self._consistency_sum / self._consistency_count, device=self.args.device)
+            # Every process logs the training loss at the same step; average over them like the loss.
+            logs["consistency_loss"] = float(self.accelerator.reduce(mean, reduction="mean"))
             self._consistency_sum, self._consistency_count = 0.0, 0
         super().log(logs, *args, **kwargs)
 

@@ -170,6 +170,8 @@ def train_parser():
 
 def parse_train_args(argv: list[str] | None = None):
     """Returns (model, data, lora, dropout_config, run, training, generation) argument objects."""
+    from .distributed import distributed_defaults
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = train_parser()
     file_values: dict[str, Any] = {}
@@ -187,6 +189,7 @@ def parse_train_args(argv: list[str] | None = None):
         defaults["method"] = "hiddenkey"
     if "report_to" not in given:
         defaults["report_to"] = "tensorboard" if _has_tensorboard() else "none"
+    defaults.update(distributed_defaults(given, _flag_value(argv, "use_cpu")))
     known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype)}
     unknown = sorted(set(file_values) - known)
     if unknown:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import DataArguments, ModelArguments
+from .distributed import is_main_process, main_process_first
 from .errors import CLIError
 from .models import load_model_and_tokenizer, lora_config
 from .runs import (
@@ -118,7 +119,9 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
     def compute_metrics(prediction):
         return compute_classification_metrics(spec.name, prediction.predictions, prediction.label_ids, spec.is_regression)
 
-    create_run_dir(out, run_args)
+    with main_process_first(training_args, "run folder") as main:
+        if main:
+            create_run_dir(out, run_args)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -148,10 +151,11 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
     }
     results["train"] = {k: v for k, v in train_output.metrics.items()}
     results["examples"] = {split: len(ds) for split, ds in splits.items()}
-    write_args(out, resolved_arguments(model_args, data_args, lora_args, dropout_config, run_args, training_args, model_path))
-    write_metrics(out, results)
-    if run_args.plot:
-        write_curves(out, trainer.state.log_history, f"eval_{metric}", title=name)
+    if is_main_process(training_args):
+        write_args(out, resolved_arguments(model_args, data_args, lora_args, dropout_config, run_args, training_args, model_path))
+        write_metrics(out, results)
+        if run_args.plot:
+            write_curves(out, trainer.state.log_history, f"eval_{metric}", title=name)
     return results
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..tasks import DataError, NLGExample
 from .arguments import GenerationSettings, ModelArguments
+from .distributed import is_main_process, main_process_first
 from .models import load_causal_lm, lora_config
 from .runs import (
     create_run_dir,
@@ -77,7 +78,9 @@ def train_generation(
         training_args.metric_for_best_model = "eval_loss"
         training_args.greater_is_better = False
 
-    create_run_dir(out, run_args)
+    with main_process_first(training_args, "run folder") as main:
+        if main:
+            create_run_dir(out, run_args)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -93,6 +96,8 @@ def train_generation(
     results["train"] = dict(train_output.metrics)
     if eval_dataset is not None:
         results["validation"] = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    if not is_main_process(training_args):
+        return results  # generation, scoring and the run files are the main process's
     test = _limit(splits.get("test") or [], data_args.max_predict_samples)
     if test and any(example.references for example in test):
         results["test"] = generate_and_score(model, tokenizer, name, test, generation_args, out)

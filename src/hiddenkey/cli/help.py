@@ -36,6 +36,8 @@ MOST_USED_TRAINING = (
 RUNTIME_DEFAULTS = {
     "output_dir": "runs/TASK-METHOD",
     "report_to": "tensorboard when installed, else none",
+    "use_cpu": "true for several processes on a machine without a GPU",
+    "ddp_backend": "gloo for several CPU processes",
 }
 HELP_FLAGS = ("-h", "--help")
 HELP_ALL_FLAG = "--help-all"

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .arguments import DataArguments, parse_train_args
+from .distributed import is_main_process
 from .errors import USER_ERRORS
 from .runs import read_args, read_metrics, to_json
 
@@ -50,7 +51,8 @@ def cmd_train(argv: list[str]) -> int:
         from .classification import train_classification
 
         results = train_classification(*args)
-    _print_summary(results, training_args.output_dir)
+    if is_main_process(training_args):
+        _print_summary(results, training_args.output_dir)
     return 0
 
 
