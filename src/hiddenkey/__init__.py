@@ -5,11 +5,24 @@ for Hugging Face transformers models with peft LoRA.
     model = hiddenkey.attach(model, cfg)       # PreTrainedModel or PeftModel
     trainer = hiddenkey.Trainer(model=model, args=training_args, ...)
     hiddenkey.detach(model)
+
+``hiddenkey.TrainerMixin`` adds the consistency loss to any ``transformers.Trainer`` subclass;
+``hiddenkey.SFTTrainer`` is TRL's (``pip install hiddenkey[trl]``; imported on first use).
 """
 
-from .attach import AttachError, attach, detach, drop_summary, drops_disabled, get_state, is_attached
+from .attach import (
+    AttachError,
+    ConsistencyIgnoredWarning,
+    attach,
+    detach,
+    drop_summary,
+    drops_disabled,
+    get_state,
+    is_attached,
+)
 from .config import CONFIG_NAME, PRESETS, ConfigError, DropoutConfig, DropSpec
-from .trainer import Trainer, hiddenkey_loss
+from .distributed import seed_rank_mask_stream
+from .trainer import Trainer, TrainerMixin, hiddenkey_loss
 
 __version__ = "0.1.0"
 
@@ -17,10 +30,13 @@ __all__ = [
     "AttachError",
     "CONFIG_NAME",
     "ConfigError",
+    "ConsistencyIgnoredWarning",
     "DropSpec",
     "DropoutConfig",
     "PRESETS",
+    "SFTTrainer",
     "Trainer",
+    "TrainerMixin",
     "attach",
     "detach",
     "drop_summary",
@@ -28,4 +44,13 @@ __all__ = [
     "get_state",
     "hiddenkey_loss",
     "is_attached",
+    "seed_rank_mask_stream",
 ]
+
+
+def __getattr__(name: str):
+    if name == "SFTTrainer":  # TRL is an optional extra: import it only when asked for
+        from .integrations.trl import SFTTrainer
+
+        return SFTTrainer
+    raise AttributeError(f"module 'hiddenkey' has no attribute {name!r}")

@@ -147,6 +147,14 @@ class DropoutConfig:
         default=True,
         metadata=_help("Turn the model's own dropouts off (the paper disables dropout in baselines)."),
     )
+    rank_seed_offset: int = field(
+        default=1000,
+        metadata=_help(
+            "Per-rank mask stream: when training starts, rank r > 0 of a multi-process run reseeds torch's default "
+            "generator with seed + r * offset, so ranks draw different masks (rank 0 and single-process runs are "
+            "unchanged; initialisation and data order are fixed before). 0 = every rank draws the same masks."
+        ),
+    )
     dropkey_bias: float = field(
         default=1e4,
         metadata=_help(
@@ -266,6 +274,8 @@ class DropoutConfig:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}" + did_you_mean(value, allowed))
         if self.consistency_weight < 0:
             raise ConfigError(f"consistency_weight must be a finite number >= 0, got {self.consistency_weight!r}")
+        if not isinstance(self.rank_seed_offset, int) or isinstance(self.rank_seed_offset, bool) or self.rank_seed_offset < 0:
+            raise ConfigError(f"rank_seed_offset must be an integer >= 0, got {self.rank_seed_offset!r}")
         if not self.dropkey_bias > 0:
             raise ConfigError(f"dropkey_bias must be a finite number > 0, got {self.dropkey_bias!r}")
         choice = self.layers.strip().lower()
@@ -418,4 +428,14 @@ PRESETS = {
         "consistency": "kl",
         "backprop": "one",
     },
+}
+
+#: One line per preset (the CLI's ``--method`` help and the README).
+PRESET_SUMMARIES = {
+    "baseline": "no dropout at all: the model's own dropouts are switched off (the paper's baseline)",
+    "dropkey": "DropKey: drop attention logits before the softmax (pattern: column)",
+    "dropattention": "DropAttention: drop attention weights after the softmax, normalised rescaling (pattern: element)",
+    "hiddencut": "HiddenCut: drop the FFN output (pattern: element)",
+    "hiddenkey-": "column DropKey + element HiddenCut, no consistency loss",
+    "hiddenkey": "column DropKey + element HiddenCut + bidirectional KL between two passes (the paper's method)",
 }

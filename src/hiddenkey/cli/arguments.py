@@ -160,11 +160,12 @@ def explicit_fields(argv: list[str], file_values: dict[str, Any]) -> set[str]:
 
 
 def train_parser():
-    """The ``hiddenkey train`` parser: one dataclass per concern, parsed by HfArgumentParser."""
+    """The parser of every ``hiddenkey train`` flag (its help is ``hiddenkey train --help-all``)."""
     from transformers import HfArgumentParser, TrainingArguments
 
     return HfArgumentParser(
-        (ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments, TrainingArguments, GenerationSettings)
+        (ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments, TrainingArguments, GenerationSettings),
+        prog="hiddenkey train",
     )
 
 
@@ -178,6 +179,7 @@ def parse_train_args(argv: list[str] | None = None):
     from transformers import TrainingArguments
 
     from . import validation
+    from .distributed import distributed_defaults
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = train_parser()
@@ -201,6 +203,7 @@ def parse_train_args(argv: list[str] | None = None):
         defaults["method"] = "hiddenkey"
     if "report_to" not in given:
         defaults["report_to"] = "tensorboard" if _has_tensorboard() else "none"
+    defaults.update(distributed_defaults(given, _flag_value(file_tokens + argv, "use_cpu")))
     parser.set_defaults(**{**defaults, **nulls})
     namespace = validation.parse_known(parser, file_tokens + argv, "hiddenkey train")
     validation.check_numbers(vars(namespace), given)
@@ -227,6 +230,15 @@ def parse_train_args(argv: list[str] | None = None):
 
 #: Flags that point at data: given without --task_name, they mean the custom task.
 DATA_INPUTS = ("train_file", "validation_file", "test_file", "data_dir")
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    for i, token in enumerate(argv):
+        if token == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith(f"--{name}="):
+            return token.split("=", 1)[1]
+    return None
 
 
 def _flag_name(name: str) -> str:

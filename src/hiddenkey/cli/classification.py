@@ -8,6 +8,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .arguments import DataArguments, ModelArguments
+from .distributed import is_main_process
 from .errors import CLIError
 from .models import load_model_and_tokenizer, with_lora
 from .trials import trial_reporter
@@ -124,10 +125,12 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
     def compute_metrics(prediction):
         return compute_classification_metrics(spec.name, prediction.predictions, prediction.label_ids, spec.is_regression)
 
+    main = is_main_process(training_args)
     arguments = resolved_arguments(model_args, data_args, lora_args, dropout_config, run_args, training_args, model_path)
-    with run_folder(out, run_args):
-        write_task(out, spec)
-        write_args(out, arguments)
+    with run_folder(out, run_args, training_args):
+        if main:
+            write_task(out, spec)
+            write_args(out, arguments)
         reporter = trial_reporter(f"eval_{metric}")
         trainer = Trainer(
             model=model,
@@ -168,6 +171,8 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
         results["examples"] = {split: len(ds) for split, ds in splits.items()}
         if reporter is not None and reporter.pruned_at is not None:
             results["pruned_at_step"] = reporter.pruned_at
+        if not main:
+            return results  # the run files are the main process's
         write_args(out, arguments)
         write_metrics(out, results)
         if run_args.plot:

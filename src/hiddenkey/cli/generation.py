@@ -7,6 +7,7 @@ from typing import Any
 
 from ..tasks import DataError, NLGExample
 from .arguments import GenerationSettings, ModelArguments
+from .distributed import is_main_process
 from .models import load_causal_lm, with_lora
 from .trials import trial_reporter
 from .runs import (
@@ -86,9 +87,11 @@ def train_generation(
         generation=generation_args,
     )
     seen = sorted({ex.meta.get("category", "") for ex in splits["train"]}) if name == "webnlg" else None
-    with run_folder(out, run_args):
-        write_task(out, tasks.get_task(name), **({"seen_categories": seen} if seen is not None else {}))
-        write_args(out, arguments)
+    main = is_main_process(training_args)
+    with run_folder(out, run_args, training_args):
+        if main:
+            write_task(out, tasks.get_task(name), **({"seen_categories": seen} if seen is not None else {}))
+            write_args(out, arguments)
         reporter = trial_reporter("eval_loss", negate=True) if eval_dataset is not None else None
         trainer = Trainer(
             model=model,
@@ -109,6 +112,8 @@ def train_generation(
             results["pruned_at_step"] = reporter.pruned_at
         if eval_dataset is not None:
             results["validation"] = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+        if not main:
+            return results  # generation, scoring and the run files are the main process's
         test = _limit(splits.get("test") or [], data_args.max_predict_samples)
         if test and any(example.references for example in test):
             results["test"] = generate_and_score(model, tokenizer, name, test, generation_args, out)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .arguments import DataArguments, parse_train_args
+from .distributed import is_main_process
 from .errors import USER_ERRORS, CLIError
 from .runs import (
     RunInterrupted,
@@ -51,6 +52,12 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for Ctrl-C
 
 
 def cmd_train(argv: list[str]) -> int:
+    from .help import help_request
+
+    text = help_request(argv)
+    if text is not None:
+        print(text, end="")
+        return 0
     *args, generation_args = parse_train_args(argv)
     data_args, training_args = args[1], args[5]
     try:
@@ -77,7 +84,8 @@ def cmd_train(argv: list[str]) -> int:
         print(f"hiddenkey: error: training diverged: {stop.divergence}; stopped there and {kept}; "
               "try a lower --learning_rate", file=sys.stderr)  # fmt: skip
         return EXIT_DIVERGED
-    _print_summary(results, training_args.output_dir)
+    if is_main_process(training_args):
+        _print_summary(results, training_args.output_dir)
     return 0
 
 

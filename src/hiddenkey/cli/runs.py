@@ -79,6 +79,8 @@ def prepare_output_dir(training_args, run_args, default_name: str) -> Path:
         training_args.output_dir = str(Path(RUNS_ROOT) / default_name)
     out = Path(training_args.output_dir)
     check_output_dir(str(out))
+    if training_args.process_index != 0:
+        return out  # the main process checks, locks and prepares the folder; the others only train
     if (out / LOCK_FILE).exists():
         lock_run_dir(out).release()  # another process training here is an error now, before the model loads
     if run_args.resume:
@@ -118,28 +120,40 @@ def lock_run_dir(out: Path):
 
 
 @contextlib.contextmanager
-def run_folder(out: Path, run_args) -> Iterator[Path]:
+def run_folder(out: Path, run_args, training_args=None) -> Iterator[Path]:
     """Lock the run folder, then create it, replace its contents (--overwrite) or tidy it (--resume).
 
     Called once every check has passed: only now does the run folder appear or change. Inside the
-    block, Ctrl-C becomes :class:`RunInterrupted`; the lock is released when the block ends.
+    block, Ctrl-C becomes :class:`RunInterrupted`; the lock is released when the block ends. Under
+    several processes (``training_args`` given) only the main one locks and prepares the folder, and
+    the others wait for it before they go on.
     """
-    lock = lock_run_dir(out)
+    main = training_args is None or training_args.process_index == 0
+    first = training_args.main_process_first(local=False, desc="run folder") if training_args else contextlib.nullcontext()
+    lock = None
     try:
-        if run_args.resume:
-            _remove_incomplete_checkpoints(out)
-        elif run_args.overwrite:
-            for path in out.iterdir():
-                if path.name != LOCK_FILE:
-                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        elif _has_content(out):  # filled by another process since prepare_output_dir looked
-            raise CLIError(f"run folder {out} already exists; pass --overwrite to replace it or --resume to continue")
+        with first:
+            if main:
+                lock = lock_run_dir(out)
+                _prepare_run_folder(out, run_args)
         try:
             yield out
         except KeyboardInterrupt:
             raise RunInterrupted(out, last_complete_checkpoint(out)) from None
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _prepare_run_folder(out: Path, run_args) -> None:
+    if run_args.resume:
+        _remove_incomplete_checkpoints(out)
+    elif run_args.overwrite:
+        for path in out.iterdir():
+            if path.name != LOCK_FILE:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    elif _has_content(out):  # filled by another process since prepare_output_dir looked
+        raise CLIError(f"run folder {out} already exists; pass --overwrite to replace it or --resume to continue")
 
 
 def is_run_folder(run: Path) -> bool:
@@ -279,8 +293,9 @@ def save_result(trainer, out: Path) -> None:
     from transformers.trainer import TRAINER_STATE_NAME
 
     staging = out / SAVING_DIR
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))  # every process calls it (FSDP/DeepSpeed gather the weights); the main one writes
     if not trainer.is_world_process_zero():
         return
     trainer.state.save_to_json(str(staging / TRAINER_STATE_NAME))
