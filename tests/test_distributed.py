@@ -16,6 +16,7 @@ import torch
 
 from hiddenkey.cli.distributed import distributed_defaults
 from hiddenkey.cli.main import main
+from hiddenkey.cli.runs import LOCK_FILE
 from hiddenkey.distributed import seed_rank_mask_stream
 
 from .test_cli import _reviews, _train_args, _write_csv
@@ -121,7 +122,7 @@ def test_torchrun_two_processes(tiny_bert, data, tmp_path, capsys):
     assert done.stdout.count(f"run folder: {out}") == 1  # the summary is printed once
     files = {p.name for p in out.iterdir() if p.is_file()}
     assert RUN_FILES <= files and "stale.txt" not in files
-    assert not [name for name in files if name.startswith(".")], files  # no temporary plot left behind
+    assert not [name for name in files if name.startswith(".") and name != LOCK_FILE], files  # no temporary plot left behind
     run_args = json.loads((out / "args.json").read_text())
     assert run_args["training"]["ddp_backend"] == "gloo" and run_args["training"]["use_cpu"] is True
 

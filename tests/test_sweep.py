@@ -78,7 +78,7 @@ def test_same_spec_same_study_name_and_digest(tmp_path, assets):
         ({"train": {"seed": 1}, "grid": {"seed": [1, 2]}}, "'seed' is set both in 'train' and in the grid"),
         ({"grid": {"method": ["baseline", "dropkeyy"]}}, "grid point method=dropkeyy: unknown method 'dropkeyy'"),
         ({"grid": {"rate": [0.1, 1.5]}}, "grid point rate=1.5"),
-        ({"grid": {"num_train_epochs": ["many"]}}, "grid point num_train_epochs=many: argument --num_train_epochs"),
+        ({"grid": {"num_train_epochs": ["many"]}}, "grid point num_train_epochs=many: --num_train_epochs: invalid float value"),
         ({"train": "rte", "grid": {"seed": [1]}}, "'train' must be a mapping"),
     ],
 )
