@@ -125,6 +125,21 @@ class DropoutConfig:
             "both: both passes carry gradients through a duplicated batch (R-Drop)."
         ),
     )
+    share_prefix: bool = field(
+        default=True,
+        metadata=_help(
+            "With backprop=one, run the layers before the first dropping layer once: the no-grad pass starts "
+            "from the gradient pass's detached hidden state there (decoder-only models drop in the latter half "
+            "only). Same loss and gradients as two full passes; models that cannot share run both passes fully."
+        ),
+    )
+    consistency_chunk_size: int = field(
+        default=0,
+        metadata=_help(
+            "Rows (tokens) per chunk of a vocabulary-sized consistency loss, which is reduced chunk by chunk "
+            "so no float32 tokens x vocab temporary is built. 0: about 2^18 logits per chunk on CPU, 2^24 on GPU."
+        ),
+    )
     js_reference: str = field(
         default="inference",
         metadata=_help(
@@ -231,6 +246,9 @@ class DropoutConfig:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.consistency_weight < 0 or math.isnan(self.consistency_weight):
             raise ConfigError(f"consistency_weight must be >= 0, got {self.consistency_weight!r}")
+        chunk = self.consistency_chunk_size
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+            raise ConfigError(f"consistency_chunk_size must be an integer >= 0, got {chunk!r}")
         if not self.dropkey_bias > 0:
             raise ConfigError(f"dropkey_bias must be a positive number, got {self.dropkey_bias!r}")
         choice = str(self.layers).strip().lower()

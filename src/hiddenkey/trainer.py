@@ -74,11 +74,12 @@ def consistency_term(
             return losses.regression_mse(logits1, logits2)
         logits1, logits2 = hidden
         mask = attention_mask.bool() if attention_mask is not None else None
+    chunk = config.consistency_chunk_size
     if config.consistency == "kl":
-        return losses.symmetric_kl(logits1, logits2, mask)
+        return losses.symmetric_kl(logits1, logits2, mask, chunk)
     if config.js_reference == "inference":
-        return losses.kl_divergence(logits1, logits2, mask)
-    return losses.js_divergence(logits1, logits2, mask)
+        return losses.kl_divergence(logits1, logits2, mask, chunk)
+    return losses.js_divergence(logits1, logits2, mask, chunk)
 
 
 def _model_task_loss(model: nn.Module) -> TaskLossFn:
