@@ -20,6 +20,7 @@ from torch import nn
 from . import losses
 from .attach import attach, base_model, drops_disabled, get_state, is_attached
 from .config import DropoutConfig
+from .prefix import shared_prefix
 
 TaskLossFn = Callable[[dict[str, Any], int], tuple[torch.Tensor, Any]]
 
@@ -118,10 +119,13 @@ def hiddenkey_loss(
         logits1, logits2 = _logits(outputs).chunk(2, dim=0)
         hidden = outputs["hidden_states"][-1].chunk(2, dim=0) if want_hidden else None
     else:
-        loss, outputs = task_loss({**inputs, **extra}, 1)
+        prefix = shared_prefix(unwrapped, config)
+        with prefix.capture():
+            loss, outputs = task_loss({**inputs, **extra}, 1)
         reference = {k: v for k, v in inputs.items() if k != "labels"}
         inference_reference = config.consistency == "js" and config.js_reference == "inference"
-        with torch.no_grad(), (drops_disabled(unwrapped) if inference_reference else contextlib.nullcontext()):
+        disabled = drops_disabled(unwrapped) if inference_reference else contextlib.nullcontext()
+        with torch.no_grad(), disabled, prefix.replay():
             second = model(**reference, **extra)
         logits1, logits2 = _logits(outputs), _logits(second).detach()
         hidden = (outputs["hidden_states"][-1], second["hidden_states"][-1].detach()) if want_hidden else None
