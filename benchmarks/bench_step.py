@@ -67,6 +67,14 @@ VARIANTS: dict[str, tuple[str, Callable[[float], Any] | None]] = {
     ),
     "hiddencut": ("HiddenCut element", lambda r: hiddenkey.DropoutConfig.preset("hiddencut", rate=r, pattern="element")),
     "hiddenkey-": ("HiddenKey⁻", lambda r: hiddenkey.DropoutConfig.preset("hiddenkey-", rate=r)),
+    "hiddenkey-unchunked": (
+        "HiddenKey (KL, one branch, full passes, unchunked KL)",
+        lambda r: hiddenkey.DropoutConfig.preset("hiddenkey", rate=r, share_prefix=False, consistency_chunk_size=2**62),
+    ),
+    "hiddenkey-full": (
+        "HiddenKey (KL, one branch, full passes)",
+        lambda r: hiddenkey.DropoutConfig.preset("hiddenkey", rate=r, share_prefix=False),
+    ),
     "hiddenkey": ("HiddenKey (KL, one branch)", lambda r: hiddenkey.DropoutConfig.preset("hiddenkey", rate=r)),
     "hiddenkey-both": (
         "HiddenKey (KL, both: 2B batch)",

@@ -66,6 +66,14 @@ def _direct_js(p_logits: torch.Tensor, q_logits: torch.Tensor, mask: torch.Tenso
 Kernel = Callable[[torch.Tensor, torch.Tensor, bool, bool], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
 
 
+def _log_softmax_and_softmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log_softmax, softmax)`` of float32 rows with one exponential per entry."""
+    shifted = logits - logits.amax(-1, keepdim=True)
+    prob = shifted.exp()
+    total = prob.sum(-1, keepdim=True)
+    return shifted.sub_(total.log()), prob.div_(total)
+
+
 def _softmax_vjp(prob: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
     """Gradient w.r.t. logits of ``sum(upstream * log_softmax(logits))``: ``P * (u - sum(P * u))``."""
     weighted = prob * upstream
@@ -79,32 +87,29 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # The kernels reuse their temporaries in place: each chunk is small, but there are many of them.
 def _kl_kernel(p, q, need_p, need_q):
     # KL(P||Q) = sum P d with d = log P - log Q; d/dz_p = P (d - sum P d), d/dz_q = Q - P.
-    log_p, log_q = F.log_softmax(p, -1), F.log_softmax(q, -1)
-    prob_p = log_p.exp()
+    (log_p, prob_p), (log_q, prob_q) = _log_softmax_and_softmax(p), _log_softmax_and_softmax(q)
     d = log_p.sub_(log_q)
     value = _dot(prob_p, d)
     grad_p = _softmax_vjp(prob_p, d) if need_p else None
-    grad_q = log_q.exp_().sub_(prob_p) if need_q else None
+    grad_q = prob_q.sub_(prob_p) if need_q else None
     return value, grad_p, grad_q
 
 
 def _symmetric_kl_kernel(p, q, need_p, need_q):
     # 1/2 [KL(P||Q) + KL(Q||P)] = 1/2 sum (P - Q) d; d/dz_p = 1/2 [P (d - sum P d) + P - Q], q alike.
-    log_p, log_q = F.log_softmax(p, -1), F.log_softmax(q, -1)
-    prob_p, prob_q = log_p.exp(), log_q.exp()
+    (log_p, prob_p), (log_q, prob_q) = _log_softmax_and_softmax(p), _log_softmax_and_softmax(q)
     d = log_p.sub_(log_q)
     diff = prob_p - prob_q
     value = 0.5 * _dot(diff, d)
     grad_p = _softmax_vjp(prob_p, d).add_(diff).mul_(0.5) if need_p else None
-    grad_q = _softmax_vjp(prob_q, d.neg()).sub_(diff).mul_(0.5) if need_q else None
+    grad_q = _softmax_vjp(prob_q, d.neg_()).sub_(diff).mul_(0.5) if need_q else None
     return value, grad_p, grad_q
 
 
 def _js_kernel(p, q, need_p, need_q):
     # 1/2 KL(P||M) + 1/2 KL(Q||M), M = (P+Q)/2; d/d log P = 1/2 log(P/M) (the M terms cancel), Q alike.
-    log_p, log_q = F.log_softmax(p, -1), F.log_softmax(q, -1)
+    (log_p, prob_p), (log_q, prob_q) = _log_softmax_and_softmax(p), _log_softmax_and_softmax(q)
     log_m = torch.logaddexp(log_p, log_q).sub_(math.log(2.0))
-    prob_p, prob_q = log_p.exp(), log_q.exp()
     half_p, half_q = log_p.sub_(log_m).mul_(0.5), log_q.sub_(log_m).mul_(0.5)
     value = _dot(prob_p, half_p) + _dot(prob_q, half_q)
     grad_p = _softmax_vjp(prob_p, half_p) if need_p else None
@@ -113,43 +118,48 @@ def _js_kernel(p, q, need_p, need_q):
 
 
 class ChunkedDivergence(torch.autograd.Function):
-    """Mean over the selected rows of a divergence between ``softmax(p)`` and ``softmax(q)``, by chunks.
+    """Mean over selected rows of a divergence between ``softmax(p)`` and ``softmax(q)``, by chunks.
 
-    ``p``, ``q``: ``(R, V)`` logits of any float dtype; ``rows``: indices of the rows to average over.
-    One sweep over the chunks computes the value and, for the inputs that need it, the gradient in
-    closed form (float32, cast back to the input dtype) into a buffer of the input's shape; backward only
-    scales that buffer. Besides those buffers, no temporary is larger than one chunk.
+    ``p_logits``, ``q_logits``: ``(..., V)`` logits of any float dtype; ``rows``: indices of the rows of
+    their ``(-1, V)`` view to average over. One sweep over the chunks computes the value and, for the
+    inputs that need it, the gradient in closed form (float32, cast back to the input dtype) into a
+    buffer of the input's shape; backward scales that buffer in place and hands it over. Besides those
+    buffers no temporary is larger than one chunk. Backward runs once (no ``retain_graph``).
     """
 
     @staticmethod
-    def forward(ctx, p: torch.Tensor, q: torch.Tensor, rows: torch.Tensor, kernel: Kernel, chunk_rows: int):
-        need_p, need_q = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_p = torch.zeros_like(p) if need_p else None
-        grad_q = torch.zeros_like(q) if need_q else None
+    def forward(ctx, p_logits, q_logits, rows: torch.Tensor, kernel: Kernel, chunk_rows: int):
+        vocab = p_logits.shape[-1]
+        p, q = p_logits.reshape(-1, vocab), q_logits.reshape(-1, vocab)
+        grads = [
+            torch.zeros(x.shape, dtype=x.dtype, device=x.device) if needed else None
+            for x, needed in zip((p_logits, q_logits), ctx.needs_input_grad[:2])
+        ]
+        grad_p, grad_q = (None if g is None else g.view(-1, vocab) for g in grads)
         scale = 1.0 / rows.numel()
         total = torch.zeros((), dtype=torch.float32, device=p.device)
         for index in rows.split(chunk_rows):
-            value, gp, gq = kernel(p.index_select(0, index).float(), q.index_select(0, index).float(), need_p, need_q)
+            value, gp, gq = kernel(
+                p.index_select(0, index).float(), q.index_select(0, index).float(), grad_p is not None, grad_q is not None
+            )
             total += value
             if gp is not None:
                 grad_p.index_copy_(0, index, gp.mul_(scale).to(p.dtype))
             if gq is not None:
                 grad_q.index_copy_(0, index, gq.mul_(scale).to(q.dtype))
-        ctx.save_for_backward(grad_p, grad_q)
+        ctx.grads = grads
         return total * scale
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
-        grad_p, grad_q = ctx.saved_tensors
-        scale = grad_output.to(torch.float32)
-        return (
-            None if grad_p is None else grad_p * scale.to(grad_p.dtype),
-            None if grad_q is None else grad_q * scale.to(grad_q.dtype),
-            None,
-            None,
-            None,
-        )
+        if ctx.grads is None:
+            raise RuntimeError("hiddenkey's chunked consistency loss supports one backward pass (no retain_graph)")
+        grads, ctx.grads = ctx.grads, None
+        # Scaled in place and handed over with no other reference left, so autograd can add the task
+        # loss's gradient into this buffer instead of allocating another tokens x vocab tensor.
+        grad_p, grad_q = (None if g is None else g.mul_(grad_output.to(g.dtype)) for g in grads)
+        return grad_p, grad_q, None, None, None
 
 
 def auto_chunk_rows(vocab: int, device: torch.device) -> int:
@@ -167,14 +177,13 @@ def _mean_over_rows(
 ) -> torch.Tensor:
     vocab = p_logits.shape[-1]
     chunk = chunk_rows or auto_chunk_rows(vocab, p_logits.device)
-    p, q = p_logits.reshape(-1, vocab), q_logits.reshape(-1, vocab)
     if mask is None:
-        rows = torch.arange(p.shape[0], device=p.device)
+        rows = torch.arange(p_logits.numel() // vocab, device=p_logits.device)
     else:
-        rows = mask.reshape(-1).to(device=p.device, dtype=torch.bool).nonzero().squeeze(1)
+        rows = mask.reshape(-1).to(device=p_logits.device, dtype=torch.bool).nonzero().squeeze(1)
     if rows.numel() <= chunk:
         return direct(p_logits, q_logits, mask)
-    return ChunkedDivergence.apply(p, q, rows, kernel, chunk)
+    return ChunkedDivergence.apply(p_logits, q_logits, rows, kernel, chunk)
 
 
 # ------------------------------------------------------------------------------------------------ public
