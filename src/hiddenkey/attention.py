@@ -145,12 +145,13 @@ def dropped_attention(
         keep = ops.attention_keep_mask(
             spec.pattern, batch, heads, q_len, k_len, spec.rate, spec.span_ratio, query.device
         )
+        _record(plan, spec, keep)
         bias = ops.dropkey_bias(keep, query.dtype, plan.dropkey_bias)
 
     weights_spec = plan.weights
     if weights_spec is not None and weights_spec.pattern == "element":
         return _explicit_weights_attention(
-            query, key, value, bias, mask, causal, dropout, scaling, weights_spec
+            plan, query, key, value, bias, mask, causal, dropout, scaling, weights_spec
         ), None
 
     if bias is not None:
@@ -169,6 +170,7 @@ def dropped_attention(
     keep_keys = ops.attention_keep_mask(
         weights_spec.pattern, batch, heads, 1, k_len, weights_spec.rate, weights_spec.span_ratio, query.device
     )
+    _record(plan, weights_spec, keep_keys)
     m = keep_keys.transpose(-1, -2).to(value.dtype)
     augmented = torch.cat([value * m, m], dim=-1)
     out = F.scaled_dot_product_attention(
@@ -181,7 +183,12 @@ def dropped_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _explicit_weights_attention(query, key, value, bias, mask, causal, dropout, scaling, spec: DropSpec):
+def _record(plan: AttentionPlan, spec: DropSpec, keep: torch.Tensor) -> None:
+    if plan.state.meter is not None:
+        plan.state.meter.record(spec.position, keep)
+
+
+def _explicit_weights_attention(plan, query, key, value, bias, mask, causal, dropout, scaling, spec: DropSpec):
     batch, heads, q_len, head_dim = query.shape
     k_len = key.shape[2]
     scale = head_dim**-0.5 if scaling is None else scaling
@@ -191,6 +198,7 @@ def _explicit_weights_attention(query, key, value, bias, mask, causal, dropout, 
     structure = zero if bias is None else bias.to(compute_dtype)
     logits = logits + ops.apply_structure(structure, mask, causal, q_len, k_len)
     keep = ops.attention_keep_mask("element", batch, heads, q_len, k_len, spec.rate, spec.span_ratio, query.device)
+    _record(plan, spec, keep)
     weights = ops.dropattention_softmax(logits, keep, spec.stop_gradient).to(value.dtype)
     if dropout > 0:
         weights = F.dropout(weights, dropout, training=True)

@@ -38,7 +38,12 @@ class SiteDrop:
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
-        return ops.drop_hidden(x, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
+        meter = self.state.meter
+        if meter is None:
+            return ops.drop_hidden(x, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
+        out, keep = ops.drop_hidden_and_keep(x, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
+        meter.record(s.position, keep)
+        return out
 
     def _on(self, module: nn.Module) -> bool:
         return module.training and self.state.active

@@ -20,6 +20,7 @@ from torch import nn
 from . import losses
 from .attach import attach, base_model, drops_disabled, get_state, is_attached
 from .config import DropoutConfig
+from .meter import measure_drops
 from .prefix import shared_prefix
 
 TaskLossFn = Callable[[dict[str, Any], int], tuple[torch.Tensor, Any]]
@@ -145,6 +146,8 @@ class Trainer(transformers.Trainer):
 
     Pass ``dropout_config=`` to attach it (after peft's ``get_peft_model``), or give a model that is
     already attached. The config is saved as ``hiddenkey_config.json`` beside every saved adapter.
+    Each training log carries ``drop_fraction_<position>``: the fraction of mask entries dropped at that
+    position since the previous log (measured on the device, read only when logging).
     """
 
     def __init__(self, *args: Any, dropout_config: DropoutConfig | None = None, **kwargs: Any) -> None:
@@ -152,6 +155,7 @@ class Trainer(transformers.Trainer):
         if dropout_config is not None and not is_attached(self.model):
             attach(self.model, dropout_config)
         self.dropout_config = get_state(self.model).config if is_attached(self.model) else dropout_config
+        self._drop_meter = measure_drops(self.model) if is_attached(self.model) else None
         self._consistency_sum = 0.0
         self._consistency_count = 0
 
@@ -185,6 +189,8 @@ class Trainer(transformers.Trainer):
         if self._consistency_count and "loss" in logs:
             logs["consistency_loss"] = self._consistency_sum / self._consistency_count
             self._consistency_sum, self._consistency_count = 0.0, 0
+        if self._drop_meter is not None and "loss" in logs:
+            logs.update({f"drop_fraction_{p}": f for p, f in self._drop_meter.read().items()})
         super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
