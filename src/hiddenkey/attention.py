@@ -184,8 +184,9 @@ def dropped_attention(
 
 
 def _record(plan: AttentionPlan, spec: DropSpec, keep: torch.Tensor) -> None:
-    if plan.state.meter is not None:
-        plan.state.meter.record(spec.position, keep)
+    meter = getattr(plan.state, "meter", None)  # a plan may carry any object with ``active``
+    if meter is not None:
+        meter.record(spec.position, keep)
 
 
 def _explicit_weights_attention(plan, query, key, value, bias, mask, causal, dropout, scaling, spec: DropSpec):

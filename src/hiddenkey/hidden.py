@@ -38,7 +38,7 @@ class SiteDrop:
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
-        meter = self.state.meter
+        meter = getattr(self.state, "meter", None)
         if meter is None:
             return ops.drop_hidden(x, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
         out, keep = ops.drop_hidden_and_keep(x, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
