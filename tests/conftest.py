@@ -32,11 +32,10 @@ def _encoder(config_cls, model_cls, **extra):
     return build
 
 
-def _decoder(config_cls, model_cls, **extra):
+def _decoder(config_cls, model_cls, dropout_keys=("attention_dropout",), **extra):
     def build(num_labels=None, layers=4, dropout=0.1):
         kwargs = dict(COMMON, num_hidden_layers=layers, max_position_embeddings=64, **extra)
-        if "attention_dropout" not in extra:
-            kwargs["attention_dropout"] = dropout
+        kwargs.update({key: dropout for key in dropout_keys})
         cfg = config_cls(**kwargs)
         if num_labels is not None:
             cfg.num_labels = num_labels
@@ -56,6 +55,36 @@ def _gpt2(num_labels=None, layers=4, dropout=0.1):
         cfg.num_labels = num_labels
         return transformers.GPT2ForSequenceClassification(cfg)
     return transformers.GPT2LMHeadModel(cfg)
+
+
+def _distilbert(num_labels=2, layers=2, dropout=0.1):
+    cfg = transformers.DistilBertConfig(
+        vocab_size=VOCAB, dim=32, n_layers=layers, n_heads=4, hidden_dim=64, dropout=dropout,
+        attention_dropout=dropout, seq_classif_dropout=dropout, max_position_embeddings=64, num_labels=num_labels,
+    )
+    return transformers.DistilBertForSequenceClassification(cfg)
+
+
+def _modernbert(num_labels=2, layers=2, dropout=0.1):
+    cfg = transformers.ModernBertConfig(
+        **COMMON, num_hidden_layers=layers, num_labels=num_labels, max_position_embeddings=64,
+        global_attn_every_n_layers=2, local_attention=4, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        cls_token_id=2, sep_token_id=3, embedding_dropout=dropout, attention_dropout=dropout, mlp_dropout=dropout,
+        classifier_dropout=dropout,
+    )
+    return transformers.ModernBertForSequenceClassification(cfg)
+
+
+def _opt(num_labels=None, layers=4, dropout=0.1):
+    cfg = transformers.OPTConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, ffn_dim=64, num_attention_heads=4,
+        max_position_embeddings=64, word_embed_proj_dim=32, dropout=dropout, attention_dropout=dropout,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    )
+    if num_labels is not None:
+        cfg.num_labels = num_labels
+        return transformers.OPTForSequenceClassification(cfg)
+    return transformers.OPTForCausalLM(cfg)
 
 
 FAMILIES = {
@@ -86,9 +115,39 @@ FAMILIES = {
         ["q_proj", "v_proj"],
         True,
     ),
+    "distilbert": (_distilbert, ["q_lin", "v_lin"], False),
+    "electra": (
+        _encoder(transformers.ElectraConfig, transformers.ElectraForSequenceClassification, embedding_size=32),
+        ["query", "value"],
+        False,
+    ),
+    "modernbert": (_modernbert, ["Wqkv"], False),
+    "phi3": (
+        _decoder(
+            transformers.Phi3Config, transformers.Phi3ForCausalLM, num_key_value_heads=2, pad_token_id=0,
+            bos_token_id=2, eos_token_id=3, dropout_keys=("attention_dropout", "resid_pdrop", "embd_pdrop"),
+        ),
+        ["qkv_proj"],
+        True,
+    ),
+    "qwen3": (
+        _decoder(transformers.Qwen3Config, transformers.Qwen3ForCausalLM, num_key_value_heads=2, head_dim=8),
+        ["q_proj", "v_proj"],
+        True,
+    ),
+    "opt": (_opt, ["q_proj", "v_proj"], True),
+    "gemma2": (
+        # A small softcap so that tanh bends these tiny models' logits: a path that skipped it would show.
+        _decoder(
+            transformers.Gemma2Config, transformers.Gemma2ForCausalLM, num_key_value_heads=2, head_dim=8,
+            attn_logit_softcapping=2.0, query_pre_attn_scalar=8, sliding_window=4,
+        ),
+        ["q_proj", "v_proj"],
+        True,
+    ),
 }
-ENCODERS = ["bert", "roberta"]
-DECODERS = ["gpt2", "llama", "qwen2", "mistral", "gemma"]
+ENCODERS = ["bert", "roberta", "distilbert", "electra", "modernbert"]
+DECODERS = ["gpt2", "llama", "qwen2", "mistral", "gemma", "phi3", "qwen3", "opt", "gemma2"]
 
 
 def build_model(family: str, seed: int = 0, **kwargs) -> torch.nn.Module:

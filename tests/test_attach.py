@@ -135,7 +135,7 @@ def test_detach_restores_the_original_train_mode_behaviour(family):
 @pytest.mark.parametrize("family", DECODERS)
 def test_decoders_drop_in_the_latter_half_only(family):
     model = _model(family)
-    hiddenkey.attach(model, hiddenkey.DropoutConfig.preset("hiddenkey", rate=0.2))
+    hiddenkey.attach(model, hiddenkey.DropoutConfig.preset("hiddenkey-", rate=0.2))
     state = hiddenkey.get_state(model)
     assert state.decoder_only and state.layer_indices == [2, 3]
     from hiddenkey.attach import find_layers

@@ -74,6 +74,20 @@ def _train_args(tiny_bert, data, out, *extra):
     ]
 
 
+def test_end_of_training_metrics_are_those_of_the_last_step_beside_the_best_checkpoint(tiny_bert, data, tmp_path):
+    best, last = tmp_path / "best", tmp_path / "last"
+    common = ("--method", "hiddenkey-", "--rate", "0.2", "--untrained_baseline", "false", "--plot", "false", "--seed", "3")
+    assert main(_train_args(tiny_bert, data, best, *common)) == 0
+    assert main(_train_args(tiny_bert, data, last, *common, "--load_best_model_at_end", "false")) == 0
+    with_best, without = (json.loads((run / "metrics.json").read_text()) for run in (best, last))
+    assert with_best["final"]["test"]["accuracy"] == pytest.approx(without["test"]["accuracy"])
+    assert with_best["final"]["validation"]["accuracy"] == pytest.approx(without["validation"]["accuracy"])
+    evaluations = [e for e in json.loads((best / "trainer_state.json").read_text())["log_history"] if "eval_accuracy" in e]
+    assert with_best["best_step"] in {e["step"] for e in evaluations}
+    assert with_best["validation"]["accuracy"] == pytest.approx(max(e["eval_accuracy"] for e in evaluations))
+    assert "final" not in without
+
+
 def test_train_writes_a_complete_run_folder_and_eval_reproduces_it(tiny_bert, data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_train_args(tiny_bert, data, out, "--method", "hiddenkey", "--rate", "0.2")) == 0
@@ -232,3 +246,13 @@ def test_nlg_train_generates_scores_and_eval_reproduces(tmp_path, capsys, task, 
 
 def hiddenkey_layers(run) -> str:
     return json.loads((run / "hiddenkey_config.json").read_text())["layers"]
+
+
+def test_a_preset_takes_extra_drops_but_the_baseline_does_not():
+    from hiddenkey.cli.arguments import parse_train_args
+
+    config = parse_train_args(["--method", "hiddenkey", "--rate", "0.1", "--input_rate", "0.05", "--output_dir", "/tmp/unused"])[3]
+    assert (config.logits_rate, config.hidden_rate, config.input_rate, config.consistency) == (0.1, 0.1, 0.05, "kl")
+    assert "input" in config.active_specs() and config.logits_pattern == "column"
+    with pytest.raises(ValueError, match="--method custom"):
+        parse_train_args(["--method", "baseline", "--output_rate", "0.1", "--output_dir", "/tmp/unused"])

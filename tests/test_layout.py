@@ -12,7 +12,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "hiddenkey"
 APPLICATION = ("hiddenkey.cli", "hiddenkey.tasks", "hiddenkey.metrics")
 #: File names the tool writes; each must be spelled in exactly one module.
-OWNED_FILE_NAMES = ("args.json", "metrics.json", "training_curves.png", "predictions.jsonl", "hiddenkey_config.json")
+OWNED_FILE_NAMES = (
+    "args.json", "task.json", ".hiddenkey.lock", "metrics.json", "training_curves.png", "predictions.jsonl",
+    "hiddenkey_config.json", ".saving",
+)
 
 
 def _module_name(path: Path) -> str:

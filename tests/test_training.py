@@ -1,5 +1,6 @@
 """Short real training runs: loss goes down with every preset; Trainer integration; plain-peft reload."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -129,3 +130,76 @@ def test_adapter_loads_in_plain_peft_without_hiddenkey(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
+
+
+def _grads(model, loss_fn, seed=7):
+    model.zero_grad()
+    torch.manual_seed(seed)
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if "lora_" in n and p.grad is not None}
+
+
+def test_trainer_kl_gradient_reaches_lora_and_equals_hiddenkey_loss(tmp_path):
+    torch.manual_seed(0)
+    model = lora(build_model("bert"), "bert", init_lora_weights=False)
+    trainer = hiddenkey.Trainer(
+        model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+        dropout_config=hiddenkey.DropoutConfig.preset("hiddenkey", rate=0.2, kl_weight=5.0),
+    )
+    batch = {k: v[:8] for k, v in _dataset().items()}
+    model.train()
+    loss, grads = _grads(model, lambda: trainer.compute_loss(model, dict(batch)))
+    want_loss, want = _grads(model, lambda: hiddenkey.hiddenkey_loss(model, dict(batch))[0])
+    no_kl = hiddenkey.DropoutConfig.preset("hiddenkey-", rate=0.2)
+    _, task = _grads(model, lambda: hiddenkey.hiddenkey_loss(model, dict(batch), no_kl)[0])
+    torch.testing.assert_close(loss, want_loss)
+    assert grads.keys() == want.keys() and len(grads) == 8  # A and B of query and value in 2 layers
+    for name in grads:
+        torch.testing.assert_close(grads[name], want[name], rtol=1e-5, atol=1e-7)
+        assert (grads[name] - task[name]).abs().sum() > 0, f"no KL gradient in {name}"
+
+
+def test_gradient_accumulation_divides_the_kl_like_the_task_loss(tmp_path):
+    """A causal LM's task loss is normalised over the accumulated batch (num_items_in_batch) and the Trainer
+    does not divide it; the per-micro-batch KL must then be divided by the accumulation steps, in its gradient."""
+    model = lora(build_model("llama"), "llama", init_lora_weights=False)
+    cfg = hiddenkey.DropoutConfig.preset("hiddenkey", rate=0.2, kl_weight=5.0)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, gradient_accumulation_steps=2)
+    trainer = hiddenkey.Trainer(model=model, args=args, dropout_config=cfg)
+    trainer.current_gradient_accumulation_steps = 2
+    batch = {k: v[:4] for k, v in _dataset().items()}
+    batch["labels"] = batch["input_ids"].clone()
+    items = 2 * (batch["labels"][:, 1:] != -100).sum()  # this micro-batch is half of the accumulated batch
+    model.train()
+    _, got = _grads(model, lambda: trainer.compute_loss(model, dict(batch), num_items_in_batch=items))
+
+    def library(config):
+        task_loss = lambda b, copies: trainer.hiddenkey_task_loss(model, b, items)  # noqa: E731
+        return _grads(model, lambda: hiddenkey.hiddenkey_loss(model, dict(batch), config, task_loss)[0])[1]
+
+    want = library(dataclasses.replace(cfg, consistency_weight=cfg.consistency_weight / 2))
+    full = library(cfg)
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)
+    assert any(not torch.allclose(got[n], full[n]) for n in got)
+
+
+def test_sequence_classifier_loss_is_divided_by_gradient_accumulation(tmp_path):
+    """transformers 5.23 takes a BERT classifier's per-batch-mean loss for a num_items-normalised one and
+    skips the division by the accumulation steps; hiddenkey.Trainer trains it like one larger batch."""
+    logged = {}
+    for accumulation, batch_size in [(1, 8), (2, 4)]:
+        torch.manual_seed(0)
+        model = lora(build_model("bert", dropout=0.0), "bert")
+        args = TrainingArguments(
+            output_dir=str(tmp_path / str(accumulation)), max_steps=1, per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, logging_steps=1, learning_rate=0.0, report_to=[],
+            use_cpu=True, save_strategy="no", disable_tqdm=True,
+        )
+        trainer = hiddenkey.Trainer(
+            model=model, args=args, train_dataset=_Rows(_dataset()), dropout_config=hiddenkey.DropoutConfig.preset("baseline")
+        )
+        trainer.train()
+        logged[accumulation] = trainer.state.log_history[0]["loss"]
+    assert logged[2] == pytest.approx(logged[1], rel=1e-5)

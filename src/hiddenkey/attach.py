@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import torch
 from torch import nn
 
 from . import attention
 from .attention import PLAN_ATTR, AttentionPlan
-from .config import DropoutConfig, DropSpec
-from .hidden import SiteDrop, ffn_output_site, output_head
+from .config import ConfigError, DropoutConfig, DropSpec
+from .hidden import FLAT_TOKEN_SITES, SiteDrop, ffn_output_site, output_head
 
 STATE_ATTR = "_hiddenkey_state"
 
 
 class AttachError(ValueError):
     """The model cannot take the requested drops; raised before anything is changed."""
+
+
+class ConsistencyIgnoredWarning(UserWarning):
+    """A model attached with a consistency loss is trained by code that does not compute it."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +44,8 @@ class AttachState:
     original_attn_implementation: str | None = None
     enabled: bool = True
     attached: bool = True
+    in_consistency_loss: bool = False
+    warned_consistency_ignored: bool = False
     handles: list[Any] = field(default_factory=list)
     planned: list[nn.Module] = field(default_factory=list)
     restore: list[tuple[Any, str, Any]] = field(default_factory=list)
@@ -88,10 +96,23 @@ def _routing_modules(layer: nn.Module) -> list[nn.Module]:
 
 
 def is_decoder_only(model: nn.Module, layers: nn.ModuleList) -> bool:
+    """True if every self-attention module of the stack is causal.
+
+    Read from the modules' own ``is_causal`` flags, whether or not their attention routes through
+    transformers' registry (Falcon computes attention itself and is still a decoder); a family
+    whose modules carry no such flag falls back to ``config.is_decoder``.
+    """
     if getattr(model.config, "is_encoder_decoder", False):
         return False
-    routers = [m for layer in layers for m in _routing_modules(layer)]
-    return bool(routers) and all(getattr(m, "is_causal", False) for m in routers)
+    flags = [
+        m.is_causal
+        for layer in layers
+        for m in layer.modules()
+        if "Attention" in type(m).__name__ and isinstance(getattr(m, "is_causal", None), bool)
+    ]
+    if not flags:
+        return bool(getattr(model.config, "is_decoder", False))
+    return all(flags)
 
 
 def is_attached(model: nn.Module) -> bool:
@@ -114,6 +135,7 @@ def attach(model: nn.Module, config: DropoutConfig) -> nn.Module:
     Attach after ``get_peft_model`` so that hooks sit on the modules peft will call. Everything is
     checked before the model is touched; a failure leaves the model unchanged.
     """
+    _check_config(config)
     config.validate()
     base = base_model(model)
     if getattr(base, STATE_ATTR, None) is not None:
@@ -146,7 +168,7 @@ def attach(model: nn.Module, config: DropoutConfig) -> nn.Module:
     if "hidden" in specs:
         for i in indices:
             try:
-                hidden_sites.append((i, *ffn_output_site(layers[i])))
+                hidden_sites.append((i, layers[i], *ffn_output_site(layers[i])))
             except LookupError as err:
                 raise AttachError(f"HiddenCut: {err} (layer {i} of {type(base).__name__})") from None
     head = None
@@ -166,10 +188,12 @@ def attach(model: nn.Module, config: DropoutConfig) -> nn.Module:
             setattr(module, PLAN_ATTR, plan)
             state.planned.append(module)
         base.set_attn_implementation(attention.implementation_name(state.original_attn_implementation))
-    for i, module, _path in hidden_sites:
+    for i, layer, module, path in hidden_sites:
         state.sites.append(DropSite(i, specs["hidden"], module))
         drop = SiteDrop(specs["hidden"], state)
         state.handles.append(module.register_forward_hook(drop.forward_hook))
+        if path in FLAT_TOKEN_SITES and drop.spec.pattern != "element":
+            state.handles.append(layer.register_forward_pre_hook(drop.remember_token_shape, with_kwargs=True))
         if isinstance(module, nn.Dropout):
             _set(state, module, "p", 0.0)  # the cut replaces the standard dropout at this slot
     if head is not None:
@@ -180,8 +204,54 @@ def attach(model: nn.Module, config: DropoutConfig) -> nn.Module:
         state.handles.append(embeddings.register_forward_hook(SiteDrop(specs["input"], state).forward_hook))
     if config.disable_model_dropout:
         _disable_model_dropout(base, layers, state)
+    if config.uses_consistency:
+        state.handles.append(base.register_forward_pre_hook(ConsistencyWatch(state)))
     setattr(base, STATE_ATTR, state)
     return model
+
+
+def _check_config(config: Any) -> None:
+    if not isinstance(config, DropoutConfig):
+        hint = "; build one with DropoutConfig.from_dict(...)" if isinstance(config, dict) else ""
+        raise ConfigError(f"expected a hiddenkey.DropoutConfig, got {type(config).__name__}{hint}")
+
+
+@dataclass(eq=False)
+class ConsistencyWatch:
+    """Warns once when a training forward runs outside :func:`hiddenkey.hiddenkey_loss`.
+
+    A plain ``transformers.Trainer`` or ``trl.SFTTrainer`` trains an attached model with its drops
+    but never computes the configured KL / JS loss; this makes that visible at the first step.
+    """
+
+    state: AttachState
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        state = self.state
+        if state.warned_consistency_ignored or state.in_consistency_loss or not state.active:
+            return
+        if module.training and torch.is_grad_enabled():
+            state.warned_consistency_ignored = True
+            warnings.warn(
+                f"hiddenkey: this model is attached with a {state.config.consistency.upper()} consistency loss, "
+                "but it is being trained without it (only the task loss is computed, the drops still apply). "
+                "Train with hiddenkey.Trainer or hiddenkey.SFTTrainer, add hiddenkey.TrainerMixin to your "
+                "Trainer class, or call hiddenkey.hiddenkey_loss in your own loop.",
+                ConsistencyIgnoredWarning,
+                stacklevel=2,
+            )
+
+
+@contextlib.contextmanager
+def consistency_loss_step(model: nn.Module) -> Iterator[None]:
+    """Mark the forwards inside as part of a step that computes the consistency loss."""
+    state = get_state(model)
+    previous = state.in_consistency_loss
+    state.in_consistency_loss = True
+    try:
+        yield
+    finally:
+        state.in_consistency_loss = previous
 
 
 def _check_attention_support(base: nn.Module, layers: nn.ModuleList, original: str) -> None:
@@ -208,17 +278,21 @@ def _set(state: AttachState, obj: Any, attr: str, value: Any) -> None:
     setattr(obj, attr, value)
 
 
+#: Float rates that modules apply with functional dropout (attention rates, OPT's residual ``dropout``).
+DROPOUT_RATE_ATTRIBUTES = ("attention_dropout", "dropout", "attn_dropout", "activation_dropout")
+
+
 def _disable_model_dropout(base: nn.Module, layers: nn.ModuleList, state: AttachState) -> None:
-    """Zero every built-in dropout of the model (not peft's lora_dropout, which LoraConfig controls)."""
+    """Zero every built-in dropout of the model (not peft's lora_dropout, which LoraConfig controls):
+    ``nn.Dropout`` modules and the float rates modules pass to functional dropout."""
     for name, module in base.named_modules():
         if "lora_dropout" in name:
             continue
         if isinstance(module, nn.Dropout) and module.p > 0:
             _set(state, module, "p", 0.0)
-        if "Attention" in type(module).__name__:
-            for attr in ("attention_dropout", "dropout", "attn_dropout"):
-                if isinstance(getattr(module, attr, None), float) and getattr(module, attr) > 0:
-                    _set(state, module, attr, 0.0)
+        for attr in DROPOUT_RATE_ATTRIBUTES:
+            if isinstance(getattr(module, attr, None), float) and getattr(module, attr) > 0:
+                _set(state, module, attr, 0.0)
 
 
 def detach(model: nn.Module) -> nn.Module:

@@ -17,6 +17,9 @@ to the un-attached model. In training it applies the module's :class:`AttentionP
   ``m`` the key keep mask and ``A`` the undropped softmax, ``A (m*V) / NoGrad(A m)`` is Eq. 1-2;
   ``A m`` comes from the extra channel ``[m*V, m]`` in the same kernel call. No L x L tensor.
 * DropAttention, element: explicit weights (:func:`hiddenkey.ops.dropattention_softmax`).
+* Logit softcapping (Gemma2's ``softcap``): explicit weights as in the model's own eager function,
+  ``softcap * tanh(logits / softcap)``, then DropKey's bias and the mask, then the softmax and
+  DropAttention. SDPA cannot softcap, so this path is taken for every pattern.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from .config import DropSpec
 
 PLAN_ATTR = "_hiddenkey_plan"
 BASE_IMPLEMENTATIONS = ("sdpa", "eager")
+#: Attention arguments the dropped path cannot honour (attention sinks, T5's relative position bias).
+UNSUPPORTED_KWARGS = ("s_aux", "position_bias")
 
 
 def implementation_name(base: str) -> str:
@@ -85,11 +90,17 @@ def _forward(base: str, module, query, key, value, attention_mask, dropout=0.0, 
         return _base_function(base, module)(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    if kwargs.get("softcap") is not None:
-        raise NotImplementedError("hiddenkey's DropKey/DropAttention do not support attention logit softcapping")
+    unsupported = [name for name in UNSUPPORTED_KWARGS if kwargs.get(name) is not None]
+    if unsupported:
+        raise NotImplementedError(
+            f"hiddenkey's DropKey/DropAttention do not support the attention argument(s) {unsupported} "
+            f"of {type(module).__name__}"
+        )
     if plan.disable_model_dropout:
         dropout = 0.0
-    return dropped_attention(module, plan, query, key, value, attention_mask, dropout, scaling, kwargs.get("is_causal"))
+    return dropped_attention(
+        module, plan, query, key, value, attention_mask, dropout, scaling, kwargs.get("is_causal"), kwargs.get("softcap")
+    )
 
 
 def hiddenkey_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -126,6 +137,7 @@ def dropped_attention(
     dropout: float,
     scaling: float | None,
     is_causal: bool | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, None]:
     """Training-mode attention with the plan's drops. Returns ``((B, Lq, H, D), None)`` like HF's functions."""
     batch, heads, q_len, head_dim = query.shape
@@ -149,9 +161,9 @@ def dropped_attention(
         bias = ops.dropkey_bias(keep, query.dtype, plan.dropkey_bias)
 
     weights_spec = plan.weights
-    if weights_spec is not None and weights_spec.pattern == "element":
+    if softcap is not None or (weights_spec is not None and weights_spec.pattern == "element"):
         return _explicit_weights_attention(
-            plan, query, key, value, bias, mask, causal, dropout, scaling, weights_spec
+            plan, query, key, value, bias, mask, causal, dropout, scaling, weights_spec, softcap
         ), None
 
     if bias is not None:
@@ -189,18 +201,26 @@ def _record(plan: AttentionPlan, spec: DropSpec, keep: torch.Tensor) -> None:
         meter.record(spec.position, keep)
 
 
-def _explicit_weights_attention(plan, query, key, value, bias, mask, causal, dropout, scaling, spec: DropSpec):
+def _explicit_weights_attention(
+    plan, query, key, value, bias, mask, causal, dropout, scaling, spec: DropSpec | None, softcap: float | None = None
+):
+    """Attention on explicit weights: (softcapped) logits + DropKey bias + mask, softmax, DropAttention."""
     batch, heads, q_len, head_dim = query.shape
     k_len = key.shape[2]
     scale = head_dim**-0.5 if scaling is None else scaling
     compute_dtype = torch.promote_types(query.dtype, torch.float32)
     logits = torch.matmul(query, key.transpose(-1, -2)).to(compute_dtype) * scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     zero = torch.zeros((), dtype=compute_dtype, device=query.device)
     structure = zero if bias is None else bias.to(compute_dtype)
     logits = logits + ops.apply_structure(structure, mask, causal, q_len, k_len)
-    keep = ops.attention_keep_mask("element", batch, heads, q_len, k_len, spec.rate, spec.span_ratio, query.device)
-    _record(plan, spec, keep)
-    weights = ops.dropattention_softmax(logits, keep, spec.stop_gradient).to(value.dtype)
+    if spec is None:
+        weights = torch.softmax(logits, dim=-1).to(value.dtype)
+    else:
+        keep = ops.attention_keep_mask(spec.pattern, batch, heads, q_len, k_len, spec.rate, spec.span_ratio, query.device)
+        _record(plan, spec, keep)
+        weights = ops.dropattention_softmax(logits, keep, spec.stop_gradient).to(value.dtype)
     if dropout > 0:
         weights = F.dropout(weights, dropout, training=True)
     return torch.matmul(weights, value).transpose(1, 2).contiguous()

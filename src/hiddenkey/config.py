@@ -17,9 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .suggest import did_you_mean
 
 POSITIONS = ("input", "logits", "weights", "hidden", "output")
 PATTERNS = ("element", "column", "span")
@@ -111,7 +114,8 @@ class DropoutConfig:
         default="auto",
         metadata=_help(
             "Layers that drop (logits, weights, hidden): auto (latter half for decoder-only models, all otherwise), "
-            "all, latter_half, or a comma-separated list of layer indices."
+            "all, latter_half, or comma-separated layer indices (0-based; negative ones count from the last layer, "
+            "-1 = the last, as in Python)."
         ),
     )
     consistency: str = field(
@@ -158,6 +162,14 @@ class DropoutConfig:
         default=True,
         metadata=_help("Turn the model's own dropouts off (the paper disables dropout in baselines)."),
     )
+    rank_seed_offset: int = field(
+        default=1000,
+        metadata=_help(
+            "Per-rank mask stream: when training starts, rank r > 0 of a multi-process run reseeds torch's default "
+            "generator with seed + r * offset, so ranks draw different masks (rank 0 and single-process runs are "
+            "unchanged; initialisation and data order are fixed before). 0 = every rank draws the same masks."
+        ),
+    )
     dropkey_bias: float = field(
         default=1e4,
         metadata=_help(
@@ -179,10 +191,19 @@ class DropoutConfig:
         bidirectional KL with one-branch backprop). ``kl_weight=`` is accepted as an alias of
         ``consistency_weight``; ``hidden_rate=``/``logits_rate=`` override the shared ``rate``.
         """
-        key = name.lower().replace("_", "-").replace("−", "-").replace("⁻", "-")
+        if not isinstance(name, str):
+            raise ConfigError(f"method must be a preset name (a string), got {type(name).__name__} {name!r}")
+        key = preset_key(name)
         if key not in PRESETS:
-            raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(PRESETS)}")
+            raise ConfigError(
+                f"unknown method {name!r}; choose one of: {', '.join(PRESETS)}" + did_you_mean(name, PRESETS)
+            )
+        _check_number("rate", rate)
         overrides = dict(overrides)
+        known = [f.name for f in dataclasses.fields(cls) if f.name != "method"] + ["kl_weight", "pattern"]
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown DropoutConfig fields: {unknown}" + did_you_mean(unknown[0], known))
         if "kl_weight" in overrides:
             overrides["consistency_weight"] = overrides.pop("kl_weight")
         pattern = overrides.pop("pattern", None)
@@ -219,21 +240,42 @@ class DropoutConfig:
             return list(range(num_layers))
         if choice in ("latter_half", "auto"):
             return list(range(num_layers // 2, num_layers))
-        indices = sorted({int(tok) for tok in choice.split(",") if tok.strip()})
+        indices = sorted(set(_layer_list(self.layers)))
         bad = [i for i in indices if not -num_layers <= i < num_layers]
         if bad:
-            raise ConfigError(f"layers {bad} out of range for a model with {num_layers} layers")
-        return sorted({i % num_layers for i in indices})
+            raise ConfigError(
+                f"layers {bad} out of range for a model with {num_layers} layers "
+                f"(allowed: 0..{num_layers - 1}, or -{num_layers}..-1 counted from the last)"
+            )
+        resolved = [i % num_layers for i in indices]
+        twice = sorted({i for i in resolved if resolved.count(i) > 1})
+        if twice:
+            both = [i for i in indices if i % num_layers == twice[0]]
+            raise ConfigError(
+                f"layers {self.layers!r} names layer {twice[0]} twice ({both[0]} and {both[1]} in a model with "
+                f"{num_layers} layers); give each layer once"
+            )
+        return sorted(resolved)
 
     # ----------------------------------------------------------------------------------------- checks
     def validate(self) -> None:
+        """Raise :class:`ConfigError` for a wrong type or an unusable value of any field."""
+        for f in dataclasses.fields(self):
+            _check_type(f.name, f.type, getattr(self, f.name))
+        if self.method != "custom" and preset_key(self.method) not in PRESETS:
+            raise ConfigError(
+                f"unknown method {self.method!r}; choose one of: custom, {', '.join(PRESETS)}"
+                + did_you_mean(self.method, [*PRESETS, "custom"])
+            )
         for position in POSITIONS:
             rate = getattr(self, f"{position}_rate")
-            if not isinstance(rate, (int, float)) or math.isnan(rate) or not 0.0 <= rate < 1.0:
+            if not 0.0 <= rate < 1.0:
                 raise ConfigError(f"{position}_rate must be in [0, 1), got {rate!r}")
             pattern = getattr(self, f"{position}_pattern")
             if pattern not in PATTERNS:
-                raise ConfigError(f"{position}_pattern must be one of {PATTERNS}, got {pattern!r}")
+                raise ConfigError(
+                    f"{position}_pattern must be one of {PATTERNS}, got {pattern!r}" + did_you_mean(pattern, PATTERNS)
+                )
         if not 0.0 < self.span_ratio <= 1.0:
             raise ConfigError(f"span_ratio must be in (0, 1], got {self.span_ratio!r}")
         for name, allowed in (
@@ -242,23 +284,21 @@ class DropoutConfig:
             ("js_reference", JS_REFERENCES),
             ("regression_consistency", REGRESSION_CONSISTENCY),
         ):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.consistency_weight < 0 or math.isnan(self.consistency_weight):
-            raise ConfigError(f"consistency_weight must be >= 0, got {self.consistency_weight!r}")
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {value!r}" + did_you_mean(value, allowed))
+        if self.consistency_weight < 0:
+            raise ConfigError(f"consistency_weight must be a finite number >= 0, got {self.consistency_weight!r}")
+        if not isinstance(self.rank_seed_offset, int) or isinstance(self.rank_seed_offset, bool) or self.rank_seed_offset < 0:
+            raise ConfigError(f"rank_seed_offset must be an integer >= 0, got {self.rank_seed_offset!r}")
         chunk = self.consistency_chunk_size
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
             raise ConfigError(f"consistency_chunk_size must be an integer >= 0, got {chunk!r}")
         if not self.dropkey_bias > 0:
-            raise ConfigError(f"dropkey_bias must be a positive number, got {self.dropkey_bias!r}")
-        choice = str(self.layers).strip().lower()
+            raise ConfigError(f"dropkey_bias must be a finite number > 0, got {self.dropkey_bias!r}")
+        choice = self.layers.strip().lower()
         if choice not in LAYER_CHOICES:
-            try:
-                [int(tok) for tok in choice.split(",") if tok.strip()]
-            except ValueError:
-                raise ConfigError(
-                    f"layers must be one of {LAYER_CHOICES} or comma-separated integers, got {self.layers!r}"
-                ) from None
+            _layer_list(self.layers)
         if self.consistency == "js" and self.js_reference == "inference" and self.backprop == "both":
             raise ConfigError("backprop='both' needs two stochastic passes; js_reference='inference' has one")
 
@@ -268,10 +308,12 @@ class DropoutConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DropoutConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        if not isinstance(data, dict):
+            raise ConfigError(f"a DropoutConfig needs a mapping of field names to values, got {type(data).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in set(data) - set(known))
         if unknown:
-            raise ConfigError(f"unknown DropoutConfig fields: {unknown}")
+            raise ConfigError(f"unknown DropoutConfig fields: {unknown}" + did_you_mean(unknown[0], known))
         return cls(**data)
 
     def save(self, path: str | Path) -> Path:
@@ -297,22 +339,91 @@ class DropoutConfig:
             path = path / CONFIG_NAME
         if not path.is_file():
             raise ConfigError(f"no dropout config at {path}")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        try:
+            text = path.read_text(encoding="utf-8")
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
 
-            data = yaml.safe_load(path.read_text())
-        else:
-            data = json.loads(path.read_text())
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+            raise ConfigError(f"{path} is not a valid dropout config file: {' '.join(str(err).split())}") from None
+        except Exception as err:  # yaml.YAMLError and friends
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
         return cls.from_dict(data)
 
-    def describe(self) -> str:
+    def consistency_name(self, regression: bool = False) -> str:
+        """The consistency loss that actually runs: on a regression head, ``kl``/``js`` become MSE (or hidden KL)."""
+        if regression:
+            return "MSE" if self.regression_consistency == "mse" else "hidden-state KL"
+        return self.consistency.upper()
+
+    def describe(self, regression: bool = False) -> str:
+        """One line saying what trains, e.g. ``DropKey(column, p=0.1) + KL(w=1, backprop=one)``.
+
+        ``regression=True`` names the consistency loss used with a regression head (see
+        ``regression_consistency``).
+        """
         parts = [f"{POSITION_NAMES[p]}({s.pattern}, p={s.rate:g})" for p, s in self.active_specs().items()]
         if self.uses_consistency:
-            parts.append(f"{self.consistency.upper()}(w={self.consistency_weight:g}, backprop={self.backprop})")
+            name = self.consistency_name(regression)
+            parts.append(f"{name}(w={self.consistency_weight:g}, backprop={self.backprop})")
         return " + ".join(parts) if parts else "no dropout"
 
 
+def preset_key(name: str) -> str:
+    """``"HiddenKey⁻"`` -> ``"hiddenkey-"``: the key of a preset name in :data:`PRESETS`."""
+    return name.lower().replace("_", "-").replace("−", "-").replace("⁻", "-")
+
+
+#: What each number field allows, for the messages (the checks are in :meth:`DropoutConfig.validate`).
+NUMBER_RANGES = {
+    **{f"{p}_rate": "in [0, 1)" for p in POSITIONS},
+    "rate": "in [0, 1)",
+    "span_ratio": "in (0, 1]",
+    "consistency_weight": ">= 0",
+    "dropkey_bias": "> 0",
+}
+
+
+def _check_number(name: str, value: Any) -> None:
+    allowed = f"a finite number {NUMBER_RANGES.get(name, '')}".rstrip()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_type(name: str, annotation: Any, value: Any) -> None:
+    """Type check of one field (annotations are strings here: ``float``, ``str`` or ``bool``)."""
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    if kind == "float":
+        _check_number(name, value)
+    elif kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {type(value).__name__} {value!r}")
+    elif kind == "str" and not isinstance(value, str):
+        hint = " (e.g. 'auto', 'all', 'latter_half' or '0,3,5')" if name == "layers" else ""
+        raise ConfigError(f"{name} must be a string{hint}, got {type(value).__name__} {value!r}")
+
+
+def _layer_list(layers: str) -> list[int]:
+    """``"0, 3,-1"`` -> ``[0, 3, -1]``; ConfigError for anything else (empty, words, repeats)."""
+    allowed = f"one of {LAYER_CHOICES} or comma-separated layer indices such as '0,3,5' or '-1'"
+    tokens = [tok.strip() for tok in layers.split(",")]
+    try:
+        indices = [int(tok) for tok in tokens]
+    except ValueError:
+        raise ConfigError(f"layers must be {allowed}, got {layers!r}" + did_you_mean(layers, LAYER_CHOICES)) from None
+    repeated = sorted({i for i in indices if indices.count(i) > 1})
+    if repeated:
+        raise ConfigError(f"layers {layers!r} names layer {repeated[0]} twice; allowed: {allowed}")
+    return indices
+
+
 def _pattern(pattern: str | None, default: str) -> str:
+    if pattern is not None and pattern not in PATTERNS:
+        raise ConfigError(f"pattern must be one of {PATTERNS}, got {pattern!r}" + did_you_mean(pattern, PATTERNS))
     return default if pattern is None else pattern
 
 
@@ -335,4 +446,14 @@ PRESETS = {
         "consistency": "kl",
         "backprop": "one",
     },
+}
+
+#: One line per preset (the CLI's ``--method`` help and the README).
+PRESET_SUMMARIES = {
+    "baseline": "no dropout at all: the model's own dropouts are switched off (the paper's baseline)",
+    "dropkey": "DropKey: drop attention logits before the softmax (pattern: column)",
+    "dropattention": "DropAttention: drop attention weights after the softmax, normalised rescaling (pattern: element)",
+    "hiddencut": "HiddenCut: drop the FFN output (pattern: element)",
+    "hiddenkey-": "column DropKey + element HiddenCut, no consistency loss",
+    "hiddenkey": "column DropKey + element HiddenCut + bidirectional KL between two passes (the paper's method)",
 }

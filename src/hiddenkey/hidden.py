@@ -9,11 +9,15 @@ Where HiddenCut sits in each family (the FFN output, before the residual add, Hi
 * BERT / RoBERTa / ELECTRA / XLM-R: ``layer.output.dropout`` (after ``output.dense``)
 * GPT-2: ``layer.mlp.dropout`` (after ``c_proj``)
 * DistilBERT: ``layer.ffn.dropout``
-* Llama, Qwen2, Mistral, Gemma, Phi-3, ... (no dropout modules): the output of ``layer.mlp``
+* Llama, Qwen2/3, Mistral, Gemma/2, Phi-3, ModernBERT, ... (no dropout module there): the output of ``layer.mlp``
+* OPT (functional dropout, no MLP module): the output of ``layer.fc2``. OPT flattens the tokens to
+  ``(B*L, D)`` before its FFN, so for column and span patterns a pre-hook on the layer records
+  ``(B, L)`` and the drop sees the ``(B, L, D)`` view.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +35,12 @@ class SiteDrop:
     spec: DropSpec
     state: Any
     on_input: bool = False
+    token_shape: tuple[int, ...] | None = None
+
+    def remember_token_shape(self, layer: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook on the layer of a site that flattens tokens: record its input's ``(B, L)``."""
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        self.token_shape = tuple(hidden.shape[:-1]) if isinstance(hidden, torch.Tensor) else None
 
     def __deepcopy__(self, memo: dict) -> SiteDrop:
         # peft's modules_to_save deep-copies the head with its hooks; the copy must follow this attachment.
@@ -38,12 +48,16 @@ class SiteDrop:
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
+        shape = self.token_shape
+        flat = x.dim() == 2 and shape is not None and len(shape) == 2 and x.shape[0] == math.prod(shape)
+        tokens = x.reshape(*shape, x.shape[-1]) if flat else x
         meter = getattr(self.state, "meter", None)
         if meter is None:
-            return ops.drop_hidden(x, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
-        out, keep = ops.drop_hidden_and_keep(x, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
-        meter.record(s.position, keep)
-        return out
+            out = ops.drop_hidden(tokens, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
+        else:
+            out, keep = ops.drop_hidden_and_keep(tokens, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
+            meter.record(s.position, keep)
+        return out.reshape(x.shape) if flat else out
 
     def _on(self, module: nn.Module) -> bool:
         return module.training and self.state.active
@@ -69,10 +83,14 @@ def ffn_output_site(layer: nn.Module) -> tuple[nn.Module, str]:
         module = layer.get_submodule(path) if _has(layer, path) else None
         if isinstance(module, nn.Dropout):
             return module, path
-    for path in ("mlp", "feed_forward", "ffn"):
+    for path in ("mlp", "feed_forward", "ffn", "fc2"):
         if _has(layer, path):
             return layer.get_submodule(path), path
     raise LookupError(f"no FFN output site found in {type(layer).__name__}")
+
+
+#: FFN output sites whose output is ``(B*L, D)``: the layer flattens its tokens first (OPT).
+FLAT_TOKEN_SITES = ("fc2",)
 
 
 def _has(module: nn.Module, path: str) -> bool:

@@ -115,8 +115,12 @@ def drop_hidden(
 
 
 def dropkey_bias(keep: torch.Tensor, dtype: torch.dtype, offset: float) -> torch.Tensor:
-    """Additive logit bias: 0 where kept, ``-offset`` where dropped (Eq. 3 with a finite offset)."""
-    return (~keep).to(dtype) * -offset
+    """Additive logit bias: 0 where kept, ``-offset`` where dropped (Eq. 3 with a finite offset).
+
+    The offset is capped at the dtype's largest finite value, so a large ``offset`` (above 65504 in
+    float16) can never become ``-inf`` and turn a fully dropped row into NaN.
+    """
+    return (~keep).to(dtype) * -min(float(offset), torch.finfo(dtype).max)
 
 
 def apply_structure(bias: torch.Tensor, mask: torch.Tensor | None, causal: bool, q_len: int, k_len: int) -> torch.Tensor:

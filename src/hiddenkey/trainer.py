@@ -1,4 +1,5 @@
-"""Training with a consistency loss: a plain-PyTorch step function and an HF ``Trainer`` subclass.
+"""Training with a consistency loss: a plain-PyTorch step function, a mixin for any HF ``Trainer``
+subclass, and ``hiddenkey.Trainer`` (the mixin on ``transformers.Trainer``).
 
 Two ways to get the second stochastic pass (``DropoutConfig.backprop``):
 
@@ -11,6 +12,7 @@ Two ways to get the second stochastic pass (``DropoutConfig.backprop``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Callable
 
 import torch
@@ -18,8 +20,9 @@ import transformers
 from torch import nn
 
 from . import losses
-from .attach import attach, base_model, drops_disabled, get_state, is_attached
-from .config import DropoutConfig
+from .attach import AttachError, attach, base_model, consistency_loss_step, drops_disabled, get_state, is_attached
+from .config import ConfigError, DropoutConfig
+from .distributed import seed_rank_mask_stream
 from .meter import measure_drops
 from .prefix import shared_prefix
 
@@ -34,6 +37,16 @@ def is_causal_lm(model: nn.Module) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return type(base_model(model)).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
+def is_sequence_classifier(model: nn.Module) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    try:
+        name = type(base_model(model)).__name__
+    except AttachError:  # not a transformers model
+        return False
+    return name in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
 
 
 def _is_regression(model: nn.Module) -> bool:
@@ -106,12 +119,19 @@ def hiddenkey_loss(
     model's own loss. Returns ``(loss, outputs of the gradient-carrying pass, parts)``.
     """
     unwrapped = _unwrap(model)
+    if config is not None and not isinstance(config, DropoutConfig):
+        raise ConfigError(f"config must be a hiddenkey.DropoutConfig, got {type(config).__name__}")
     config = config or get_state(unwrapped).config
     task_loss = task_loss or _model_task_loss(model)
     if not config.uses_consistency:
         loss, outputs = task_loss(inputs, 1)
         return loss, outputs, {"task_loss": loss.detach()}
 
+    with consistency_loss_step(unwrapped):
+        return _two_pass_loss(model, unwrapped, inputs, config, task_loss)
+
+
+def _two_pass_loss(model, unwrapped, inputs, config: DropoutConfig, task_loss: TaskLossFn):
     want_hidden = config.regression_consistency == "hidden_kl" and _is_regression(unwrapped)
     extra = {"output_hidden_states": True} if want_hidden else {}
     causal_lm = is_causal_lm(unwrapped)
@@ -130,9 +150,35 @@ def hiddenkey_loss(
             second = model(**reference, **extra)
         logits1, logits2 = _logits(outputs), _logits(second).detach()
         hidden = (outputs["hidden_states"][-1], second["hidden_states"][-1].detach()) if want_hidden else None
+    if loss.requires_grad and not logits1.requires_grad:
+        raise RuntimeError(
+            "the task loss's outputs carry no gradient (their logits were computed under no_grad), so the "
+            "consistency loss would train nothing; return the logits of the forward that gives the loss"
+        )
     consistency = consistency_term(config, logits1, logits2, inputs, causal_lm, hidden)
     total = loss + config.consistency_weight * consistency
     return total, outputs, {"task_loss": loss.detach(), "consistency": consistency.detach()}
+
+
+def resolve_dropout_config(model: nn.Module, dropout_config: DropoutConfig | None) -> DropoutConfig | None:
+    """The config a Trainer trains with: ``dropout_config`` attached now, or the one already attached.
+
+    A model attached with a *different* config is an error rather than a silent choice of one of them.
+    """
+    if dropout_config is not None and not isinstance(dropout_config, DropoutConfig):
+        hint = "; build one with DropoutConfig.from_dict(...)" if isinstance(dropout_config, dict) else ""
+        raise ConfigError(f"dropout_config must be a hiddenkey.DropoutConfig, got {type(dropout_config).__name__}{hint}")
+    if not is_attached(model):
+        if dropout_config is not None:
+            attach(model, dropout_config)
+        return dropout_config
+    attached = get_state(model).config
+    if dropout_config is not None and dropout_config != attached:
+        raise ConfigError(
+            f"the model is already attached with a different DropoutConfig ({attached.describe()}) than "
+            f"dropout_config ({dropout_config.describe()}); call hiddenkey.detach(model) first, or omit dropout_config"
+        )
+    return attached
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -141,23 +187,43 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-class Trainer(transformers.Trainer):
-    """``transformers.Trainer`` that trains with a :class:`DropoutConfig`.
+class RankMaskStream(transformers.TrainerCallback):
+    """Gives each rank its own mask stream when training starts (see :mod:`hiddenkey.distributed`)."""
 
-    Pass ``dropout_config=`` to attach it (after peft's ``get_peft_model``), or give a model that is
-    already attached. The config is saved as ``hiddenkey_config.json`` beside every saved adapter.
-    Each training log carries ``drop_fraction_<position>``: the fraction of mask entries dropped at that
-    position since the previous log (measured on the device, read only when logging).
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        seed_rank_mask_stream(self.offset, args.process_index)
+
+
+class TrainerMixin:
+    """Adds the configured consistency loss to any ``transformers.Trainer`` subclass.
+
+    ``class MyTrainer(hiddenkey.TrainerMixin, SomeTrainer)``: put the mixin first. Pass
+    ``dropout_config=`` to attach it (after peft's ``get_peft_model``), or give a model that is already
+    attached. In training, each step runs :func:`hiddenkey_loss`: the parent's task loss on a forward
+    that carries gradient (:meth:`hiddenkey_task_loss`, by default the parent's ``compute_loss``), the
+    second stochastic pass, and the weighted KL / JS. Evaluation is the parent's own. Also: the
+    consistency loss is logged as ``consistency_loss``; each rank gets its own mask stream
+    (``rank_seed_offset``); ``hiddenkey_config.json`` is saved beside every adapter. Each training log
+    carries ``drop_fraction_<position>``: the fraction of mask entries dropped at that position since
+    the previous log (measured on the device, read only when logging).
     """
 
     def __init__(self, *args: Any, dropout_config: DropoutConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if dropout_config is not None and not is_attached(self.model):
-            attach(self.model, dropout_config)
-        self.dropout_config = get_state(self.model).config if is_attached(self.model) else dropout_config
+        if is_sequence_classifier(self.model):
+            # transformers counts every model whose forward takes **kwargs as normalising its loss by
+            # num_items_in_batch; a sequence classifier returns a per-batch mean and ignores it, so the
+            # Trainer would neither divide it by the accumulation steps nor keep it right across processes.
+            self.model_accepts_loss_kwargs = False
+        self.dropout_config = resolve_dropout_config(self.model, dropout_config)
         self._drop_meter = measure_drops(self.model) if is_attached(self.model) else None
         self._consistency_sum = 0.0
         self._consistency_count = 0
+        if self.dropout_config is not None:
+            self.add_callback(RankMaskStream(self.dropout_config.rank_seed_offset))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         config = self.dropout_config
@@ -166,28 +232,38 @@ class Trainer(transformers.Trainer):
 
         def task_loss(batch: dict[str, Any], copies: int) -> tuple[torch.Tensor, Any]:
             items = None if num_items_in_batch is None else num_items_in_batch * copies
-            return super(Trainer, self).compute_loss(model, batch, True, items)
+            return self.hiddenkey_task_loss(model, batch, items)
 
-        loss, outputs, parts = hiddenkey_loss(model, inputs, config, task_loss)
-        consistency = parts["consistency"]
         if self._task_loss_is_scaled(num_items_in_batch):
-            # The task loss is normalised over the accumulated batch; bring the per-batch-mean term in line.
-            correction = self.current_gradient_accumulation_steps
-            if self.args.average_tokens_across_devices:
-                correction /= self.accelerator.num_processes
-            loss = loss - config.consistency_weight * consistency * (1 - 1 / correction)
-        self._consistency_sum += float(consistency)
+            # The task loss is normalised over the whole accumulated batch, so the Trainer will not divide it
+            # by the accumulation steps; the consistency loss is a per-micro-batch mean: divide it here.
+            # (Across processes DDP averages the gradients, which already averages the consistency loss.)
+            steps = self.current_gradient_accumulation_steps
+            config = dataclasses.replace(config, consistency_weight=config.consistency_weight / steps)
+        loss, outputs, parts = hiddenkey_loss(model, inputs, config, task_loss)
+        self._consistency_sum += float(parts["consistency"])
         self._consistency_count += 1
         return (loss, outputs) if return_outputs else loss
 
+    def hiddenkey_task_loss(self, model, inputs, num_items_in_batch=None) -> tuple[torch.Tensor, Any]:
+        """``(task loss, outputs)`` of one forward whose logits carry gradient: the parent's ``compute_loss``.
+
+        Override it for a parent whose ``compute_loss`` does not return such outputs (see
+        :class:`hiddenkey.SFTTrainer`).
+        """
+        return super().compute_loss(model, inputs, True, num_items_in_batch)
+
     def _task_loss_is_scaled(self, num_items_in_batch) -> bool:
+        """Whether ``Trainer.training_step`` will leave the loss undivided by the accumulation steps."""
         if self.loss_is_scaled_for_ga is not None:
             return self.loss_is_scaled_for_ga
         return bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self._consistency_count and "loss" in logs:
-            logs["consistency_loss"] = self._consistency_sum / self._consistency_count
+            mean = torch.tensor(self._consistency_sum / self._consistency_count, device=self.args.device)
+            # Every process logs the training loss at the same step; average over them like the loss.
+            logs["consistency_loss"] = float(self.accelerator.reduce(mean, reduction="mean"))
             self._consistency_sum, self._consistency_count = 0.0, 0
         if self._drop_meter is not None and "loss" in logs:
             logs.update({f"drop_fraction_{p}": f for p, f in self._drop_meter.read().items()})
@@ -197,3 +273,11 @@ class Trainer(transformers.Trainer):
         super()._save(output_dir, state_dict)
         if self.dropout_config is not None and self.args.should_save:
             self.dropout_config.save(output_dir or self.args.output_dir)
+
+
+class Trainer(TrainerMixin, transformers.Trainer):
+    """``transformers.Trainer`` that trains with a :class:`DropoutConfig` (see :class:`TrainerMixin`).
+
+    Pass ``dropout_config=`` to attach it (after peft's ``get_peft_model``), or give a model that is
+    already attached. The config is saved as ``hiddenkey_config.json`` beside every saved adapter.
+    """

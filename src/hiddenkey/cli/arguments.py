@@ -8,13 +8,12 @@ every ``TrainingArguments`` flag. A single ``.json``/``.yaml`` argument is read 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import ConfigError, DropoutConfig
+from ..config import DropoutConfig
 
 DEFAULT_TASK = "rotten_tomatoes"
 DEFAULT_MAX_NEW_TOKENS = 64  # the LoRA repo's --eval_len 64
@@ -85,6 +84,10 @@ class RunArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run folder."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output_dir."})
     plot: bool = field(default=True, metadata={"help": "Write training_curves.png into the run folder."})
+    untrained_baseline: bool = field(
+        default=True,
+        metadata={"help": "Evaluate the untrained model first, as a reference in metrics.json (off saves time in sweeps)."},
+    )
 
 
 @dataclass
@@ -145,52 +148,88 @@ def _normalise_flags(argv: list[str]) -> list[str]:
     for token in argv:
         if token.startswith("--"):
             name, eq, value = token[2:].partition("=")
-            name = name.replace("-", "_")
-            if name == "model":
-                name = "model_name_or_path"
-            token = f"--{name}{eq}{value}"
+            token = f"--{_flag_name(name)}{eq}{value}"
         out.append(token)
     return out
 
 
 def explicit_fields(argv: list[str], file_values: dict[str, Any]) -> set[str]:
     given = {tok[2:].split("=")[0] for tok in argv if tok.startswith("--")}
+    given |= {name[3:] for name in given if name.startswith("no_")}  # --no_plot gives plot
     return given | set(file_values)
 
 
-def parse_train_args(argv: list[str] | None = None):
-    """Returns (model, data, lora, dropout_config, run, training, generation) argument objects."""
+def train_parser():
+    """The parser of every ``hiddenkey train`` flag (its help is ``hiddenkey train --help-all``)."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments, TrainingArguments, GenerationSettings)
+    return HfArgumentParser(
+        (ModelArguments, DataArguments, LoraArguments, DropoutConfig, RunArguments, TrainingArguments, GenerationSettings),
+        prog="hiddenkey train",
     )
+
+
+def parse_train_args(argv: list[str] | None = None):
+    """Returns (model, data, lora, dropout_config, run, training, generation) argument objects.
+
+    Everything that can be checked without loading the model is checked here (:mod:`.validation`):
+    a bad argument raises a one-line error naming the value and what is allowed, before anything is
+    loaded or written. ``hiddenkey sweep`` relies on this to reject a bad grid point up front.
+    """
+    from transformers import TrainingArguments
+
+    from . import validation
+    from .distributed import distributed_defaults
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = train_parser()
     file_values: dict[str, Any] = {}
-    argv_file = None
-    if len(argv) >= 1 and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
-        argv_file = argv[0]
-        file_values = _read_config_file(Path(argv[0]))
+    file_tokens: list[str] = []
+    nulls: dict[str, None] = {}
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
+        path = Path(argv[0])
+        raw = validation.read_config_file(path)
+        file_values = {_flag_name(k): v for k, v in raw.items()}
+        dict_fields = set(getattr(TrainingArguments, "_VALID_DICT_FIELDS", ()))
+        file_tokens, nulls = validation.config_tokens(file_values, parser, path, dict_fields)
         argv = argv[1:]
     argv = _normalise_flags(argv)
     given = explicit_fields(argv, file_values)
     defaults = {k: v for k, v in DEFAULT_TRAINING.items() if k not in given}
-    task = file_values.get("task_name") or _flag_value(argv, "task_name") or DEFAULT_TASK
-    defaults.update({k: v for k, v in TASK_DEFAULTS.get(task, {}).items() if k not in given})
+    if "task_name" not in given and given & set(DATA_INPUTS):
+        # Data files without a task name are the custom task (README); the bundled default would ignore them.
+        defaults["task_name"] = "custom"
     if "method" not in given:
         defaults["method"] = "hiddenkey"
     if "report_to" not in given:
         defaults["report_to"] = "tensorboard" if _has_tensorboard() else "none"
-    known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype)}
-    unknown = sorted(set(file_values) - known)
-    if unknown:
-        raise ConfigError(f"unknown settings in {argv_file}: {', '.join(unknown)}")
-    parser.set_defaults(**{**defaults, **file_values})
+    defaults.update(distributed_defaults(given, _flag_value(file_tokens + argv, "use_cpu")))
+    parser.set_defaults(**{**defaults, **nulls})
+    namespace = validation.parse_known(parser, file_tokens + argv, "hiddenkey train")
+    validation.check_numbers(vars(namespace), given)
     model_args, data_args, lora_args, dropout_args, run_args, training_args, generation_args = (
-        parser.parse_args_into_dataclasses(args=argv)
+        validation.build_dataclasses(parser, namespace)
     )
+    task = (data_args.task_name or "custom").strip().lower()
+    for name, value in TASK_DEFAULTS.get(task, {}).items():
+        if name not in given:
+            setattr(data_args, name, value)
     dropout_config = resolve_dropout_config(dropout_args, run_args.rate, given)
+    validation.check_inert_dropout_flags(dropout_config, given)
+    validation.check_run_flags(run_args, given)
+    validation.check_task_and_data(data_args, task, given)
+    validation.check_generation_flags(generation_args, task, given)
+    validation.check_attention(model_args, dropout_config)
+    validation.check_lora(lora_args)
+    validation.check_report_to(training_args)
+    validation.check_output_dir(training_args.output_dir)
+    validation.check_data_files(data_args, task)
+    validation.check_model(model_args, data_args, dropout_config)
     return model_args, data_args, lora_args, dropout_config, run_args, training_args, generation_args
+
+
+#: Flags that point at data: given without --task_name, they mean the custom task.
+DATA_INPUTS = ("train_file", "validation_file", "test_file", "data_dir")
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -202,29 +241,31 @@ def _flag_value(argv: list[str], name: str) -> str | None:
     return None
 
 
+def _flag_name(name: str) -> str:
+    name = name.replace("-", "_")
+    return "model_name_or_path" if name == "model" else name
+
+
 def _has_tensorboard() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    import yaml
-
-    return yaml.safe_load(path.read_text()) or {}
-
-
 def resolve_dropout_config(parsed: DropoutConfig, rate: float, given: set[str]) -> DropoutConfig:
-    """The preset named by ``method`` with the explicitly given DropoutConfig fields on top."""
-    if parsed.method == "custom":
-        return parsed
+    """The preset named by ``method`` with the explicitly given DropoutConfig fields on top.
+
+    Flags that contradict the preset (add a drop it does not have, turn off one it has, or set a rate
+    nothing uses) are a ConfigError: the saved config must say what trained.
+    """
+    from .validation import check_dropout_flags
+
     overrides = {
         f.name: getattr(parsed, f.name)
         for f in dataclasses.fields(DropoutConfig)
         if f.name in given and f.name != "method"
     }
+    check_dropout_flags(parsed.method, rate, overrides, given)
+    if parsed.method == "custom":
+        return parsed
     return DropoutConfig.preset(parsed.method, rate=rate, **overrides)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from .base import DataError, TaskSpec, check_file
+from ..suggest import did_you_mean
+from .base import DataError, TaskSpec, check_file, decode_text, read_text
 from .glue import (
     GLUE_TASKS,
     REGRESSION_RANGES,
     glue_task,
     load_glue,
+    load_split_file,
     load_text_classification,
     normalize_task_name,
     read_table,
@@ -21,6 +23,7 @@ from .nlg import (
     linearize_e2e,
     linearize_triples,
     load_e2e,
+    load_nlg_split,
     load_webnlg,
     parse_mr,
     parse_triple,
@@ -48,7 +51,7 @@ def get_task(name: str) -> TaskSpec:
     compact = key.replace("-", "").replace("_", "")
     if compact in GLUE_TASKS:
         return GLUE_TASKS[compact]
-    raise DataError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    raise DataError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}" + did_you_mean(name, TASKS))
 
 
 __all__ = [
@@ -64,13 +67,16 @@ __all__ = [
     "NLGExample",
     "TaskSpec",
     "check_file",
+    "decode_text",
     "get_task",
     "glue_task",
     "linearize_e2e",
     "linearize_triples",
     "load_e2e",
     "load_glue",
+    "load_nlg_split",
     "load_rotten_tomatoes",
+    "load_split_file",
     "load_text_classification",
     "load_webnlg",
     "normalize_task_name",
@@ -78,6 +84,7 @@ __all__ = [
     "parse_triple",
     "read_e2e_file",
     "read_table",
+    "read_text",
     "read_webnlg",
     "rotten_tomatoes_path",
     "select_webnlg",

@@ -9,6 +9,9 @@ carrying a one-line message, raised before any model is built.
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -105,3 +108,54 @@ def _has_non_whitespace(p: Path, chunk_size: int = 1 << 16) -> bool:
             if chunk.strip(b" \t\r\n\xef\xbb\xbf"):
                 return True
     return False
+
+
+def read_text(path: str | Path, what: str = "data file") -> str:
+    """The text of a checked (:func:`check_file`) UTF-8 file; a one-line DataError for anything else."""
+    p = check_file(path, what)
+    return decode_text(p.read_bytes(), p, what)
+
+
+def decode_text(data: bytes, p: Path, what: str = "data file") -> str:
+    """Decode UTF-8 (a BOM is dropped); UTF-16, binary and other encodings are refused by name and place."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{what} {p} is UTF-16 text; save it as UTF-8")
+    if b"\x00" in data:
+        offset = data.index(b"\x00")
+        raise DataError(
+            f"{what} {p} is not a text file (a NUL byte at offset {offset}; binary, or UTF-16 without a BOM); "
+            "expected UTF-8 text"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{what} {p} is not UTF-8 text (byte 0x{data[err.start]:02x} at line {line}); save it as UTF-8"
+        ) from None
+
+
+def csv_rows(text: str, p: Path, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]:
+    """``(line, fields)`` of each non-blank CSV/TSV record, ``line`` being where the record starts.
+
+    A malformed quote is a DataError naming the line where its record starts.
+
+    CSV uses ``"`` quoting with ``strict`` parsing (an unbalanced quote would otherwise swallow every
+    following line into one field); TSV has no quoting, as in GLUE.
+    """
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataError(
+                f"{p}:{start}: malformed CSV ({err}); a quote (\") opened at or after line {start} is never closed "
+                "or is followed by text: quote whole fields and double quotes inside them"
+            ) from None
+        if row:
+            yield start, row
+        start = reader.line_num + 1

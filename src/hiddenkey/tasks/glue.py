@@ -27,7 +27,8 @@ from typing import Any, Literal
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Value
 
-from .base import DataError, TaskSpec, check_file
+from ..suggest import did_you_mean
+from .base import DataError, TaskSpec, check_file, csv_rows, read_text
 
 GLUE_HUB_PATH = "nyu-mll/glue"
 NO_LABEL = -1  # label used by HF's glue dataset for the unlabelled test splits
@@ -192,6 +193,8 @@ def load_text_classification(
     paths = {"train": train_file, "validation": validation_file, "test": test_file}
 
     raw_labels = {split: [row.get(label_column) for row in rows] for split, rows in tables.items()}
+    for split, values in raw_labels.items():
+        _check_finite_labels(values, paths[split])
     kind = _infer_label_kind(raw_labels["train"], label_type, paths["train"])
     if kind == "regression":
         label_names: tuple[str, ...] = ()
@@ -221,6 +224,62 @@ def load_text_classification(
         columns["train"], columns["validation"] = _split_off(columns["train"], validation_fraction, split_seed)
     ordered = {s: columns[s] for s in ("train", "validation", "test") if s in columns}
     return DatasetDict({s: _to_dataset(c, spec) for s, c in ordered.items()}), spec
+
+
+def load_split_file(
+    spec: TaskSpec,
+    path: str | Path,
+    split: str = "test",
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+) -> Dataset:
+    """One file of a task whose spec is already known (e.g. recorded with a trained run), as a Dataset.
+
+    Built-in tasks read it as :func:`load_glue` does; a custom task maps labels through the spec's
+    ``label_names`` (the training labels), so no training file is needed.
+    """
+    path = Path(path)
+    if spec.name != "custom":
+        return _load_task_file(spec, path, split, text_column, text_pair_column, label_column)
+    columns, rows = read_table(path)
+    src_cols = _infer_text_columns(columns, text_column, text_pair_column, label_column)
+    if len(src_cols) != len(spec.text_columns):
+        raise DataError(
+            f"{path}: {len(src_cols)} text column(s) {list(src_cols)}, but the task has {len(spec.text_columns)} "
+            f"{list(spec.text_columns)}"
+        )
+    _require_columns(path, columns, [*src_cols, label_column] if split != "test" else list(src_cols))
+    data = {out: _text_values(rows, src, path) for out, src in zip(spec.text_columns, src_cols, strict=True)}
+    raw = [row.get(label_column) for row in rows]
+    _check_finite_labels(raw, path)
+    if spec.is_regression:
+        data["label"] = _regression_labels(raw, path, split, None)
+    else:
+        data["label"] = _labels_by_name(raw, spec, path, split)
+    return _to_dataset(data, spec)
+
+
+def _labels_by_name(raw: list[Any], spec: TaskSpec, path: str | Path, split: str) -> list[int]:
+    """Class ids of custom labels via the training label names (their text, or their number)."""
+    to_id = spec.label2id
+    out = []
+    for i, value in enumerate(raw):
+        if _is_missing(value):
+            if split != "test":
+                raise DataError(f"{path}: row {i + 1} has no label")
+            out.append(NO_LABEL)
+            continue
+        key = str(value).strip()
+        if key not in to_id and _as_number(value) is not None:
+            key = str(_class_key(value, path))
+        if key not in to_id:
+            if split == "test" and _as_int(value) == NO_LABEL:
+                out.append(NO_LABEL)
+                continue
+            raise DataError(f"{path}: row {i + 1}: label {value!r} not among the training labels {list(spec.label_names)}")
+        out.append(to_id[key])
+    return out
 
 
 def read_table(path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
@@ -305,8 +364,7 @@ def _parse_glue_tsv(spec: TaskSpec, path: Path, split: str) -> dict[str, list[An
 
 
 def _read_tsv_rows(path: Path) -> list[list[str]]:
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        rows = [row for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+    rows = [row for _, row in csv_rows(read_text(path), path, delimiter="\t")]
     if not rows:
         raise DataError(f"data file is empty: {path}")
     return rows
@@ -350,6 +408,7 @@ def _load_task_file(
 
 def _task_labels(spec: TaskSpec, raw: list[Any], path: str | Path, split: str) -> list[Any]:
     """Convert raw label values of a known task, enforcing the task's label range."""
+    _check_finite_labels(raw, path)
     if spec.is_regression:
         return _regression_labels(raw, path, split, REGRESSION_RANGES.get(spec.name))
     to_id = spec.label2id
@@ -407,23 +466,50 @@ def _load_glue_hub(spec: TaskSpec, cache_dir: str | Path | None) -> DatasetDict:
 
 
 def _read_delimited(p: Path, delimiter: str) -> tuple[list[str], list[dict[str, Any]]]:
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with p.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        rows = [dict(r) for r in reader]
-    if not header:
+    records = csv_rows(read_text(p), p, delimiter)
+    first = next(records, None)
+    if first is None:
         raise DataError(f"data file is empty: {p}")
+    header = [h.strip() for h in first[1]]
+    _check_header(p, header)
+    rows = []
+    for line, fields in records:
+        if len(fields) != len(header):
+            hint = "; quote text fields that contain the delimiter" if len(fields) > len(header) else ""
+            raise DataError(f"{p}:{line}: {len(fields)} field(s), but the header has {len(header)} columns {header}{hint}")
+        rows.append(dict(zip(header, fields)))
     if not rows:
         raise DataError(f"{p}: header only, no data rows")
     return header, rows
 
 
+def _check_header(p: Path, header: list[str]) -> None:
+    blank = [i + 1 for i, h in enumerate(header) if not h]
+    if blank:
+        raise DataError(f"{p}: header column {blank[0]} has no name; every column needs a unique name")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DataError(
+            f"{p}: column {repeated[0]!r} appears {header.count(repeated[0])} times in the header; "
+            "column names must be unique"
+        )
+
+
+def _no_duplicate_keys(p: Path, where: str):
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise DataError(f"{p}{where}: key {repeated[0]!r} appears twice in one object; keys must be unique")
+        return dict(pairs)
+
+    return hook
+
+
 def _read_json(p: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    text = p.read_text(encoding="utf-8-sig")
+    text = read_text(p)
     try:
-        obj: Any = json.loads(text)
+        obj: Any = json.loads(text, object_pairs_hook=_no_duplicate_keys(p, ""))
     except json.JSONDecodeError:
         obj = None
         records = _parse_json_lines(p, text)
@@ -445,7 +531,7 @@ def _parse_json_lines(p: Path, text: str) -> list[Any]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(json.loads(line, object_pairs_hook=_no_duplicate_keys(p, f":{line_no}")))
         except json.JSONDecodeError as exc:
             raise DataError(f"{p}:{line_no}: invalid JSON ({exc.msg})") from exc
     return records
@@ -470,7 +556,10 @@ def _json_records(obj: Any, p: Path) -> list[Any]:
 def _require_columns(path: str | Path, available: Sequence[str], needed: Sequence[str]) -> None:
     missing = [c for c in needed if c not in available]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; available columns: {list(available)}")
+        raise DataError(
+            f"{path}: missing column(s) {missing}; available columns: {list(available)}"
+            + did_you_mean(missing[0], available)
+        )
 
 
 def _infer_text_columns(
@@ -507,6 +596,27 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, str) and value.strip() == ""
 
 
+def _is_non_finite(value: Any) -> bool:
+    """True for NaN / infinity, as a float or as text (``nan``, ``-inf``, ``Infinity``, ...)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            return not math.isfinite(float(value.strip()))
+        except ValueError:
+            return False
+    return False
+
+
+def _check_finite_labels(raw: list[Any], path: str | Path | None) -> None:
+    bad = [i for i, v in enumerate(raw) if v is not None and _is_non_finite(v)]
+    if bad:
+        raise DataError(
+            f"{path}: row {bad[0] + 1}: label {raw[bad[0]]!r} is not a finite number ({len(bad)} such row(s)); "
+            "a label must be a class name, an integer class or a finite number"
+        )
+
+
 def _as_number(value: Any) -> float | int | None:
     """The numeric value of a label (int when integral-looking), or None if not numeric."""
     if isinstance(value, bool):
@@ -514,7 +624,7 @@ def _as_number(value: Any) -> float | int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return None if math.isnan(value) else value
+        return value if math.isfinite(value) else None
     if isinstance(value, str):
         s = value.strip()
         try:
@@ -537,9 +647,12 @@ def _as_int(value: Any) -> int | None:
 
 
 def _infer_label_kind(raw: list[Any], label_type: LabelType, path: str | Path) -> str:
-    present = [v for v in raw if not _is_missing(v)]
-    if len(present) != len(raw):
-        raise DataError(f"{path}: {len(raw) - len(present)} row(s) have no label")
+    _check_finite_labels(raw, path)
+    missing = [i + 1 for i, v in enumerate(raw) if _is_missing(v)]
+    if missing:
+        rows = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"{path}: {len(missing)} row(s) have no label (row {rows}); every training row needs one")
+    present = raw
     if label_type != "auto":
         return label_type
     numbers = [_as_number(v) for v in present]

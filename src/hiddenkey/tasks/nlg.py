@@ -19,7 +19,6 @@ Linearisation (the text the LM is conditioned on) follows the LoRA repository's 
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .base import DataError, TaskSpec, check_file
+from .base import DataError, TaskSpec, check_file, csv_rows, read_text
 
 E2E_HUB_PATHS: tuple[str, ...] = ("tuetschek/e2e_nlg", "GEM/e2e_nlg")
 WEBNLG_HUB_PATHS: tuple[tuple[str, str | None], ...] = (("web_nlg", "webnlg_challenge_2017"), ("GEM/web_nlg", "en"))
@@ -162,11 +161,9 @@ def read_e2e_file(path: str | Path, split: str = "train") -> list[NLGExample]:
 
 
 def _read_e2e_csv(p: Path, split: str) -> list[tuple[str, str | None, dict[str, Any]]]:
-    with p.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        rows = list(reader)
+    records = list(csv_rows(read_text(p, f"E2E {split} file"), p))
+    header = [h.strip() for h in records[0][1]] if records else []
+    rows = [(line, dict(zip(header, fields))) for line, fields in records[1:]]
     lower = {h.lower(): h for h in header}
     mr_col = next((lower[c] for c in _MR_COLUMNS if c in lower), None)
     ref_col = next((lower[c] for c in _REF_COLUMNS if c in lower), None)
@@ -176,7 +173,7 @@ def _read_e2e_csv(p: Path, split: str) -> list[tuple[str, str | None, dict[str, 
     if not rows:
         raise DataError(f"{p}: header only, no data rows")
     out: list[tuple[str, str | None, dict[str, Any]]] = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         mr = (row.get(mr_col) or "").strip()
         if not mr:
             raise DataError(f"{p}: row {line} has an empty MR")
@@ -191,7 +188,7 @@ def _read_e2e_csv(p: Path, split: str) -> list[tuple[str, str | None, dict[str, 
 
 def _read_e2e_txt(p: Path) -> list[tuple[str, str | None, dict[str, Any]]]:
     out: list[tuple[str, str | None, dict[str, Any]]] = []
-    for line_no, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for line_no, line in enumerate(read_text(p, "E2E file").splitlines(), start=1):
         if not line.strip():
             continue
         if "||" not in line:
@@ -245,6 +242,43 @@ def load_webnlg(
         for ex in examples:
             ex.meta["seen"] = ex.meta["category"] in seen
     return data
+
+
+def load_nlg_split(
+    task: str,
+    split: str,
+    data_dir: str | Path | None = None,
+    file: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    seen_categories: Iterable[str] | None = None,
+) -> list[NLGExample]:
+    """One split of E2E or WebNLG (e.g. the test split to evaluate on) without reading the other splits.
+
+    From ``file``, else the split's well-known file in ``data_dir``, else the hub. WebNLG examples are
+    *seen* when their category is in ``seen_categories`` (the training categories recorded with a run),
+    else in :data:`WEBNLG_SEEN_CATEGORIES`.
+    """
+    if task not in ("e2e", "webnlg"):
+        raise DataError(f"no NLG task {task!r}; expected e2e or webnlg")
+    if file is None and data_dir is not None:
+        names = _E2E_SPLIT_FILES if task == "e2e" else {
+            s: tuple(f"{n}{ext}" for n in stems for ext in (".xml", ".json", "")) for s, stems in _WEBNLG_SPLIT_NAMES.items()
+        }  # fmt: skip
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise DataError(f"{task} data_dir not found or not a directory: {root}")
+        file = next((root / n for n in names[split] if (root / n).exists()), None)
+        if file is None:
+            raise DataError(f"{task}: none of {list(names[split])} found in {root}")
+    if file is None:
+        examples = (load_e2e if task == "e2e" else load_webnlg)(cache_dir=cache_dir).get(split) or []
+    else:
+        examples = read_e2e_file(file, split) if task == "e2e" else read_webnlg(file, split)
+    if task == "webnlg":
+        seen = set(seen_categories) if seen_categories is not None else WEBNLG_SEEN_CATEGORIES
+        for ex in examples:
+            ex.meta["seen"] = ex.meta["category"] in seen
+    return examples
 
 
 def read_webnlg(path: str | Path, split: str = "train") -> list[NLGExample]:
@@ -301,7 +335,7 @@ def _lex_text(lex: ET.Element) -> str:
 
 def _webnlg_json_entries(p: Path) -> list[_Entry]:
     try:
-        obj = json.loads(p.read_text(encoding="utf-8-sig"))
+        obj = json.loads(read_text(p, "WebNLG file"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{p}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("entries"), list):
