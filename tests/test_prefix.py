@@ -23,13 +23,13 @@ def _attached(family, checkpointing=False, **cfg):
 
 
 class _Calls:
-    """Counts forward calls of the FFN of layer 0 (a computation inside the first, shared layer)."""
+    """Counts forward calls of the attention of layer 0 (a computation inside the first, shared layer)."""
 
     def __init__(self, model):
         self.count = 0
         layer = find_layers(base_model(model))[0]
-        ffn = layer.mlp if hasattr(layer, "mlp") else layer.intermediate
-        self.handle = ffn.register_forward_hook(self._hook)
+        attention = next(getattr(layer, name) for name in ("self_attn", "attn", "self_attention", "attention") if hasattr(layer, name))
+        self.handle = attention.register_forward_hook(self._hook)
 
     def _hook(self, *args):
         self.count += 1
