@@ -67,6 +67,14 @@ VARIANTS: dict[str, tuple[str, Callable[[float], Any] | None]] = {
     ),
     "hiddencut": ("HiddenCut element", lambda r: hiddenkey.DropoutConfig.preset("hiddencut", rate=r, pattern="element")),
     "hiddenkey-": ("HiddenKey⁻", lambda r: hiddenkey.DropoutConfig.preset("hiddenkey-", rate=r)),
+    "hiddenkey-unchunked": (
+        "HiddenKey (KL, one branch, full passes, unchunked KL)",
+        lambda r: hiddenkey.DropoutConfig.preset("hiddenkey", rate=r, share_prefix=False, consistency_chunk_size=2**62),
+    ),
+    "hiddenkey-full": (
+        "HiddenKey (KL, one branch, full passes)",
+        lambda r: hiddenkey.DropoutConfig.preset("hiddenkey", rate=r, share_prefix=False),
+    ),
     "hiddenkey": ("HiddenKey (KL, one branch)", lambda r: hiddenkey.DropoutConfig.preset("hiddenkey", rate=r)),
     "hiddenkey-both": (
         "HiddenKey (KL, both: 2B batch)",
@@ -142,6 +150,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=8, help="timed steps per variant (interleaved rounds)")
     p.add_argument("--eval-steps", type=int, default=None, help="timed eval forwards per variant (None: as many as --steps)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (None: torch's default; use 1 on a small shared machine)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (time.process_time), which other jobs on a "
+        "shared machine inflate much less than wall time; CPU only, meaningful with --threads 1",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--seed", type=int, default=0)
@@ -161,6 +176,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_steps = args.steps
     if args.steps < 1 or args.warmup < 0 or args.eval_steps < 0:
         p.error("--steps must be >= 1, --warmup and --eval-steps >= 0")
+    if args.clock == "cpu" and torch.device(args.device).type != "cpu":
+        p.error("--clock cpu measures CPU time; use it with --device cpu")
     return args
 
 
@@ -281,12 +298,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], None], device: torch.device) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed(fn: Callable[[], None], device: torch.device, clock: str = "wall") -> float:
+    now = CLOCKS[clock]
     sync(device)
-    start = time.perf_counter()
+    start = now()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def interleaved(variants: list[Variant], rounds: int, run: Callable[[Variant], float]) -> None:
@@ -392,6 +413,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
+    load_start = _load_average()
     batch = make_batch(args, device)
     eval_batch = {k: v for k, v in batch.items() if k != "labels"}
 
@@ -402,7 +424,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         variants.append(Variant(name, model, optimizer))
 
     def train_once(v: Variant) -> float:
-        return timed(lambda: train_step(v, batch), device)
+        return timed(lambda: train_step(v, batch), device, args.clock)
 
     log(args, f"warm-up: {args.warmup} round(s)")
     interleaved(variants, args.warmup, train_once)
@@ -415,7 +437,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             v.model.eval()
 
         def eval_once(v: Variant) -> float:
-            return timed(lambda: eval_forward(v, eval_batch), device)
+            return timed(lambda: eval_forward(v, eval_batch), device, args.clock)
 
         log(args, f"timing eval forwards: 1 warm-up + {args.eval_steps} round(s)")
         interleaved(variants, 1, eval_once)
@@ -480,8 +502,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "eval_steps": args.eval_steps,
         "seed": args.seed,
         "memory_method": None if not lora.memory else lora.memory["method"],
+        "clock": args.clock,
+        "load_average_1min": [load_start, _load_average()],
         "rows": rows,
     }
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (other jobs share the cores), or None where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
 
 
 def device_name(device: torch.device) -> str:
@@ -506,8 +538,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"torch {r['torch']}, transformers {r['transformers']}, peft {r['peft']}; device {r['device']}, "
         f"threads {r['threads']}; {r['model']}, {r['dtype']}; batch {r['batch_size']}, seq len {r['seq_len']}, "
         f"padding {r['padding']}; rate {r['rate']:g}; {r['steps']} timed steps (+{r['warmup']} warm-up), "
-        f"{r['eval_steps']} eval forwards, interleaved"
+        f"{r['eval_steps']} eval forwards, interleaved; {r['clock']} clock"
     )
+    load = r.get("load_average_1min") or [None, None]
+    if None not in load:
+        head += f"; load average {load[0]:.1f} at start, {load[1]:.1f} at end on {os.cpu_count()} logical cores"
     lines = [
         head,
         "",

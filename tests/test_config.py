@@ -36,6 +36,8 @@ def test_single_method_presets_take_a_pattern():
         ({"layers": "first"}, "layers must be one of"),
         ({"span_ratio": 0.0}, "span_ratio"),
         ({"consistency_weight": -1.0}, "consistency_weight"),
+        ({"consistency_chunk_size": -1}, "consistency_chunk_size must be an integer >= 0"),
+        ({"consistency_chunk_size": 2.5}, "consistency_chunk_size must be an integer >= 0"),
     ],
 )
 def test_invalid_values_are_refused(kwargs, match):

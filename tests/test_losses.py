@@ -132,3 +132,90 @@ def test_causal_lm_training_step():
     loss, outputs, parts = hiddenkey.hiddenkey_loss(model, inputs)
     assert torch.isfinite(loss) and parts["consistency"] > 0
     loss.backward()
+
+
+# ------------------------------------------------------------------------------------------------ chunked
+def _reference(kind, p, q, mask):
+    """The unchunked implementation as it was before chunking (F.kl_div on boolean-indexed rows)."""
+    def rows(x):
+        flat = x.float().reshape(-1, x.shape[-1])
+        return flat if mask is None else flat[mask.reshape(-1)]
+
+    log_p, log_q = torch.log_softmax(rows(p), -1), torch.log_softmax(rows(q), -1)
+    kl = lambda a, b: torch.nn.functional.kl_div(b, a, reduction="batchmean", log_target=True)  # noqa: E731
+    if kind == "kl":
+        return kl(log_p, log_q)
+    if kind == "symmetric_kl":
+        return 0.5 * (kl(log_p, log_q) + kl(log_q, log_p))
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+    return 0.5 * (kl(log_p, log_m) + kl(log_q, log_m))
+
+
+DIVERGENCES = {"kl": losses.kl_divergence, "symmetric_kl": losses.symmetric_kl, "js": losses.js_divergence}
+
+
+def _value_and_grads(fn, p, q, both):
+    p = p.detach().clone().requires_grad_()
+    q = q.detach().clone().requires_grad_(both)
+    value = fn(p, q)
+    (3.0 * value).backward()  # a non-unit upstream gradient, as under a consistency weight
+    return value.detach(), p.grad, q.grad
+
+
+@pytest.mark.parametrize("kind", list(DIVERGENCES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("both", [False, True], ids=["one-branch", "both-branches"])
+def test_chunked_divergence_matches_the_unchunked_value_and_gradients(kind, dtype, both):
+    g = torch.Generator().manual_seed(0)
+    p = (3 * torch.randn(3, 11, 50, generator=g)).to(dtype)
+    q = (3 * torch.randn(3, 11, 50, generator=g)).to(dtype)
+    mask = torch.rand(3, 11, generator=g) > 0.3
+    mask[1] = False  # a sample without targets
+    want = _value_and_grads(lambda a, b: _reference(kind, a, b, mask), p, q, both)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-3)
+    for chunk_rows in (1, 3, 7):  # uneven last chunks; every size < the 17 selected rows, so all are chunked
+        got = _value_and_grads(lambda a, b: DIVERGENCES[kind](a, b, mask, chunk_rows), p, q, both)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[1], want[1], **tol)
+        assert got[1].dtype == dtype
+        assert (got[2] is None) == (not both)
+        if both:
+            torch.testing.assert_close(got[2], want[2], **tol)
+        assert got[1][1].abs().max() == 0  # rows outside the mask get no gradient
+
+
+def test_chunked_divergence_without_mask_and_auto_chunk_agree():
+    p, q = torch.randn(2, 5, 40), torch.randn(2, 5, 40)
+    want = _value_and_grads(lambda a, b: _reference("symmetric_kl", a, b, None), p, q, True)
+    for chunk_rows in (4, 0):  # 0: auto, one chunk here, so the direct path
+        got = _value_and_grads(lambda a, b: losses.symmetric_kl(a, b, None, chunk_rows), p, q, True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+class _LargestNewTensors(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the size of every tensor an op returns (what a forward allocates)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.data_ptr() not in {a.data_ptr() for a in args if isinstance(a, torch.Tensor)}:
+                self.sizes.append(t.numel())
+        return out
+
+
+def test_chunked_kl_allocates_nothing_vocabulary_sized_but_the_gradient():
+    tokens, vocab, chunk = 64, 500, 8
+    p = torch.randn(2, tokens // 2, vocab, requires_grad=True)
+    q = torch.randn(2, tokens // 2, vocab)
+    with _LargestNewTensors() as chunked:
+        losses.symmetric_kl(p, q, None, chunk)
+    big = [n for n in chunked.sizes if n > chunk * vocab]
+    assert big == [tokens * vocab]  # the gradient buffer of p, and nothing else
+    with _LargestNewTensors() as direct:
+        losses.symmetric_kl(p, q, None, tokens)  # one chunk: the direct path
+    assert sum(n >= tokens * vocab for n in direct.sizes) >= 4  # float rows, log-softmaxes, kl terms

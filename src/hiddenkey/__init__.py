@@ -22,6 +22,8 @@ from .attach import (
 )
 from .config import CONFIG_NAME, PRESETS, ConfigError, DropoutConfig, DropSpec
 from .distributed import seed_rank_mask_stream
+from .meter import DropMeter, measure_drops, stop_measuring
+from .sites import drop_sites, drop_sites_table, print_drop_sites
 from .trainer import Trainer, TrainerMixin, hiddenkey_loss
 
 __version__ = "0.1.0"
@@ -31,6 +33,7 @@ __all__ = [
     "CONFIG_NAME",
     "ConfigError",
     "ConsistencyIgnoredWarning",
+    "DropMeter",
     "DropSpec",
     "DropoutConfig",
     "PRESETS",
@@ -39,12 +42,17 @@ __all__ = [
     "TrainerMixin",
     "attach",
     "detach",
+    "drop_sites",
+    "drop_sites_table",
     "drop_summary",
     "drops_disabled",
     "get_state",
     "hiddenkey_loss",
     "is_attached",
+    "measure_drops",
+    "print_drop_sites",
     "seed_rank_mask_stream",
+    "stop_measuring",
 ]
 
 

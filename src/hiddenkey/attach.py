@@ -12,7 +12,7 @@ from torch import nn
 
 from . import attention
 from .attention import PLAN_ATTR, AttentionPlan
-from .config import ConfigError, DropoutConfig
+from .config import ConfigError, DropoutConfig, DropSpec
 from .hidden import FLAT_TOKEN_SITES, SiteDrop, ffn_output_site, output_head
 
 STATE_ATTR = "_hiddenkey_state"
@@ -24,6 +24,15 @@ class AttachError(ValueError):
 
 class ConsistencyIgnoredWarning(UserWarning):
     """A model attached with a consistency loss is trained by code that does not compute it."""
+
+
+@dataclass(frozen=True, eq=False)
+class DropSite:
+    """One installed drop: its layer (``None`` for the embeddings and the head), spec and module."""
+
+    layer: int | None
+    spec: DropSpec
+    module: nn.Module
 
 
 @dataclass(eq=False)
@@ -40,6 +49,8 @@ class AttachState:
     handles: list[Any] = field(default_factory=list)
     planned: list[nn.Module] = field(default_factory=list)
     restore: list[tuple[Any, str, Any]] = field(default_factory=list)
+    sites: list[DropSite] = field(default_factory=list)
+    meter: Any = None  # a hiddenkey.meter.DropMeter while the drops are measured
 
     @property
     def active(self) -> bool:
@@ -150,13 +161,14 @@ def attach(model: nn.Module, config: DropoutConfig) -> nn.Module:
                     disable_model_dropout=config.disable_model_dropout,
                 )
                 attention_plans.append((module, plan))
+                state.sites += [DropSite(i, s, module) for s in (plan.logits, plan.weights) if s is not None]
         state.original_attn_implementation = original
 
     hidden_sites = []
     if "hidden" in specs:
         for i in indices:
             try:
-                hidden_sites.append((layers[i], *ffn_output_site(layers[i])))
+                hidden_sites.append((i, layers[i], *ffn_output_site(layers[i])))
             except LookupError as err:
                 raise AttachError(f"HiddenCut: {err} (layer {i} of {type(base).__name__})") from None
     head = None
@@ -176,7 +188,8 @@ def attach(model: nn.Module, config: DropoutConfig) -> nn.Module:
             setattr(module, PLAN_ATTR, plan)
             state.planned.append(module)
         base.set_attn_implementation(attention.implementation_name(state.original_attn_implementation))
-    for layer, module, path in hidden_sites:
+    for i, layer, module, path in hidden_sites:
+        state.sites.append(DropSite(i, specs["hidden"], module))
         drop = SiteDrop(specs["hidden"], state)
         state.handles.append(module.register_forward_hook(drop.forward_hook))
         if path in FLAT_TOKEN_SITES and drop.spec.pattern != "element":
@@ -184,8 +197,10 @@ def attach(model: nn.Module, config: DropoutConfig) -> nn.Module:
         if isinstance(module, nn.Dropout):
             _set(state, module, "p", 0.0)  # the cut replaces the standard dropout at this slot
     if head is not None:
+        state.sites.append(DropSite(None, specs["output"], head))
         state.handles.append(head.register_forward_pre_hook(SiteDrop(specs["output"], state).forward_pre_hook))
     if embeddings is not None:
+        state.sites.append(DropSite(None, specs["input"], embeddings))
         state.handles.append(embeddings.register_forward_hook(SiteDrop(specs["input"], state).forward_hook))
     if config.disable_model_dropout:
         _disable_model_dropout(base, layers, state)

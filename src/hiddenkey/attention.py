@@ -157,12 +157,13 @@ def dropped_attention(
         keep = ops.attention_keep_mask(
             spec.pattern, batch, heads, q_len, k_len, spec.rate, spec.span_ratio, query.device
         )
+        _record(plan, spec, keep)
         bias = ops.dropkey_bias(keep, query.dtype, plan.dropkey_bias)
 
     weights_spec = plan.weights
     if softcap is not None or (weights_spec is not None and weights_spec.pattern == "element"):
         return _explicit_weights_attention(
-            query, key, value, bias, mask, causal, dropout, scaling, weights_spec, softcap
+            plan, query, key, value, bias, mask, causal, dropout, scaling, weights_spec, softcap
         ), None
 
     if bias is not None:
@@ -181,6 +182,7 @@ def dropped_attention(
     keep_keys = ops.attention_keep_mask(
         weights_spec.pattern, batch, heads, 1, k_len, weights_spec.rate, weights_spec.span_ratio, query.device
     )
+    _record(plan, weights_spec, keep_keys)
     m = keep_keys.transpose(-1, -2).to(value.dtype)
     augmented = torch.cat([value * m, m], dim=-1)
     out = F.scaled_dot_product_attention(
@@ -193,8 +195,14 @@ def dropped_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
+def _record(plan: AttentionPlan, spec: DropSpec, keep: torch.Tensor) -> None:
+    meter = getattr(plan.state, "meter", None)  # a plan may carry any object with ``active``
+    if meter is not None:
+        meter.record(spec.position, keep)
+
+
 def _explicit_weights_attention(
-    query, key, value, bias, mask, causal, dropout, scaling, spec: DropSpec | None, softcap: float | None = None
+    plan, query, key, value, bias, mask, causal, dropout, scaling, spec: DropSpec | None, softcap: float | None = None
 ):
     """Attention on explicit weights: (softcapped) logits + DropKey bias + mask, softmax, DropAttention."""
     batch, heads, q_len, head_dim = query.shape
@@ -211,6 +219,7 @@ def _explicit_weights_attention(
         weights = torch.softmax(logits, dim=-1).to(value.dtype)
     else:
         keep = ops.attention_keep_mask(spec.pattern, batch, heads, q_len, k_len, spec.rate, spec.span_ratio, query.device)
+        _record(plan, spec, keep)
         weights = ops.dropattention_softmax(logits, keep, spec.stop_gradient).to(value.dtype)
     if dropout > 0:
         weights = F.dropout(weights, dropout, training=True)

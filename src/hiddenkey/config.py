@@ -129,6 +129,21 @@ class DropoutConfig:
             "both: both passes carry gradients through a duplicated batch (R-Drop)."
         ),
     )
+    share_prefix: bool = field(
+        default=True,
+        metadata=_help(
+            "With backprop=one, run the layers before the first dropping layer once: the no-grad pass starts "
+            "from the gradient pass's detached hidden state there (decoder-only models drop in the latter half "
+            "only). Same loss and gradients as two full passes; models that cannot share run both passes fully."
+        ),
+    )
+    consistency_chunk_size: int = field(
+        default=0,
+        metadata=_help(
+            "Rows (tokens) per chunk of a vocabulary-sized consistency loss, which is reduced chunk by chunk "
+            "so no float32 tokens x vocab temporary is built. 0: about 2^18 logits per chunk on CPU, 2^24 on GPU."
+        ),
+    )
     js_reference: str = field(
         default="inference",
         metadata=_help(
@@ -276,6 +291,9 @@ class DropoutConfig:
             raise ConfigError(f"consistency_weight must be a finite number >= 0, got {self.consistency_weight!r}")
         if not isinstance(self.rank_seed_offset, int) or isinstance(self.rank_seed_offset, bool) or self.rank_seed_offset < 0:
             raise ConfigError(f"rank_seed_offset must be an integer >= 0, got {self.rank_seed_offset!r}")
+        chunk = self.consistency_chunk_size
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+            raise ConfigError(f"consistency_chunk_size must be an integer >= 0, got {chunk!r}")
         if not self.dropkey_bias > 0:
             raise ConfigError(f"dropkey_bias must be a finite number > 0, got {self.dropkey_bias!r}")
         choice = self.layers.strip().lower()

@@ -49,10 +49,15 @@ class SiteDrop:
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
         shape = self.token_shape
-        if x.dim() == 2 and shape is not None and len(shape) == 2 and x.shape[0] == math.prod(shape):
-            tokens = x.reshape(*shape, x.shape[-1])
-            return ops.drop_hidden(tokens, s.rate, s.pattern, s.span_ratio, s.rescale_structured).reshape(x.shape)
-        return ops.drop_hidden(x, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
+        flat = x.dim() == 2 and shape is not None and len(shape) == 2 and x.shape[0] == math.prod(shape)
+        tokens = x.reshape(*shape, x.shape[-1]) if flat else x
+        meter = getattr(self.state, "meter", None)
+        if meter is None:
+            out = ops.drop_hidden(tokens, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
+        else:
+            out, keep = ops.drop_hidden_and_keep(tokens, s.rate, s.pattern, s.span_ratio, s.rescale_structured)
+            meter.record(s.position, keep)
+        return out.reshape(x.shape) if flat else out
 
     def _on(self, module: nn.Module) -> bool:
         return module.training and self.state.active

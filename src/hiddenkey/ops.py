@@ -78,6 +78,28 @@ def hidden_keep_mask(
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
+def drop_hidden_and_keep(
+    x: torch.Tensor, rate: float, pattern: str = "element", span_ratio: float = 0.1, rescale_structured: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`drop_hidden` that also returns its boolean keep mask (broadcastable to ``x``).
+
+    Element drops go through ``torch.native_dropout``, which draws the same mask as ``F.dropout`` from
+    the same generator state and returns it; on CPU ``F.dropout`` keeps its mask to itself.
+    """
+    if rate <= 0.0:
+        return x, torch.ones((), dtype=torch.bool, device=x.device)
+    if pattern == "element":
+        return torch.native_dropout(x, rate, True)
+    squeeze = x.dim() == 2
+    h = x.unsqueeze(1) if squeeze else x
+    if h.dim() != 3:
+        raise ValueError(f"{pattern} drops need (B, L, D) hidden states, got shape {tuple(x.shape)}")
+    keep = hidden_keep_mask(pattern, tuple(h.shape), rate, span_ratio, h.device)
+    scale = 1.0 / (1.0 - rate) if rescale_structured else 1.0
+    out = h * (keep.to(h.dtype) * scale)
+    return (out.squeeze(1) if squeeze else out), keep
+
+
 def drop_hidden(
     x: torch.Tensor, rate: float, pattern: str = "element", span_ratio: float = 0.1, rescale_structured: bool = False
 ) -> torch.Tensor:
@@ -87,18 +109,9 @@ def drop_hidden(
     Column and span drops zero without rescaling, as the original HiddenCut and Cutoff do, unless
     ``rescale_structured``.
     """
-    if rate <= 0.0:
-        return x
-    if pattern == "element":
-        return F.dropout(x, rate, training=True)
-    squeeze = x.dim() == 2
-    h = x.unsqueeze(1) if squeeze else x
-    if h.dim() != 3:
-        raise ValueError(f"{pattern} drops need (B, L, D) hidden states, got shape {tuple(x.shape)}")
-    keep = hidden_keep_mask(pattern, tuple(h.shape), rate, span_ratio, h.device)
-    scale = 1.0 / (1.0 - rate) if rescale_structured else 1.0
-    out = h * (keep.to(h.dtype) * scale)
-    return out.squeeze(1) if squeeze else out
+    if rate > 0.0 and pattern == "element":
+        return F.dropout(x, rate, training=True)  # on CPU cheaper than native_dropout, mask unneeded
+    return drop_hidden_and_keep(x, rate, pattern, span_ratio, rescale_structured)[0]
 
 
 def dropkey_bias(keep: torch.Tensor, dtype: torch.dtype, offset: float) -> torch.Tensor:

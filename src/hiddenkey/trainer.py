@@ -23,6 +23,8 @@ from . import losses
 from .attach import AttachError, attach, base_model, consistency_loss_step, drops_disabled, get_state, is_attached
 from .config import ConfigError, DropoutConfig
 from .distributed import seed_rank_mask_stream
+from .meter import measure_drops
+from .prefix import shared_prefix
 
 TaskLossFn = Callable[[dict[str, Any], int], tuple[torch.Tensor, Any]]
 
@@ -87,11 +89,12 @@ def consistency_term(
             return losses.regression_mse(logits1, logits2)
         logits1, logits2 = hidden
         mask = attention_mask.bool() if attention_mask is not None else None
+    chunk = config.consistency_chunk_size
     if config.consistency == "kl":
-        return losses.symmetric_kl(logits1, logits2, mask)
+        return losses.symmetric_kl(logits1, logits2, mask, chunk)
     if config.js_reference == "inference":
-        return losses.kl_divergence(logits1, logits2, mask)
-    return losses.js_divergence(logits1, logits2, mask)
+        return losses.kl_divergence(logits1, logits2, mask, chunk)
+    return losses.js_divergence(logits1, logits2, mask, chunk)
 
 
 def _model_task_loss(model: nn.Module) -> TaskLossFn:
@@ -137,10 +140,13 @@ def _two_pass_loss(model, unwrapped, inputs, config: DropoutConfig, task_loss: T
         logits1, logits2 = _logits(outputs).chunk(2, dim=0)
         hidden = outputs["hidden_states"][-1].chunk(2, dim=0) if want_hidden else None
     else:
-        loss, outputs = task_loss({**inputs, **extra}, 1)
+        prefix = shared_prefix(unwrapped, config)
+        with prefix.capture():
+            loss, outputs = task_loss({**inputs, **extra}, 1)
         reference = {k: v for k, v in inputs.items() if k != "labels"}
         inference_reference = config.consistency == "js" and config.js_reference == "inference"
-        with torch.no_grad(), (drops_disabled(unwrapped) if inference_reference else contextlib.nullcontext()):
+        disabled = drops_disabled(unwrapped) if inference_reference else contextlib.nullcontext()
+        with torch.no_grad(), disabled, prefix.replay():
             second = model(**reference, **extra)
         logits1, logits2 = _logits(outputs), _logits(second).detach()
         hidden = (outputs["hidden_states"][-1], second["hidden_states"][-1].detach()) if want_hidden else None
@@ -200,7 +206,9 @@ class TrainerMixin:
     that carries gradient (:meth:`hiddenkey_task_loss`, by default the parent's ``compute_loss``), the
     second stochastic pass, and the weighted KL / JS. Evaluation is the parent's own. Also: the
     consistency loss is logged as ``consistency_loss``; each rank gets its own mask stream
-    (``rank_seed_offset``); ``hiddenkey_config.json`` is saved beside every adapter.
+    (``rank_seed_offset``); ``hiddenkey_config.json`` is saved beside every adapter. Each training log
+    carries ``drop_fraction_<position>``: the fraction of mask entries dropped at that position since
+    the previous log (measured on the device, read only when logging).
     """
 
     def __init__(self, *args: Any, dropout_config: DropoutConfig | None = None, **kwargs: Any) -> None:
@@ -211,6 +219,7 @@ class TrainerMixin:
             # Trainer would neither divide it by the accumulation steps nor keep it right across processes.
             self.model_accepts_loss_kwargs = False
         self.dropout_config = resolve_dropout_config(self.model, dropout_config)
+        self._drop_meter = measure_drops(self.model) if is_attached(self.model) else None
         self._consistency_sum = 0.0
         self._consistency_count = 0
         if self.dropout_config is not None:
@@ -256,6 +265,8 @@ class TrainerMixin:
             # Every process logs the training loss at the same step; average over them like the loss.
             logs["consistency_loss"] = float(self.accelerator.reduce(mean, reduction="mean"))
             self._consistency_sum, self._consistency_count = 0.0, 0
+        if self._drop_meter is not None and "loss" in logs:
+            logs.update({f"drop_fraction_{p}": f for p, f in self._drop_meter.read().items()})
         super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
