@@ -18,6 +18,7 @@ import yaml
 
 from hiddenkey.cli.errors import CLIError
 from hiddenkey.cli.main import main
+from hiddenkey.cli.studies import open_storage
 from hiddenkey.cli.sweep import load_plan
 
 from .cli_helpers import save_tiny_bert, write_review_files
@@ -122,8 +123,9 @@ def _trials(out: Path):
     url = f"sqlite:///{out / 'study.db'}"
     if not (out / "study.db").is_file():
         return []
-    names = optuna.get_all_study_names(url)
-    return optuna.load_study(study_name=names[0], storage=url).get_trials(deepcopy=False) if names else []
+    storage = open_storage(url)  # as a worker opens it: safe while the sweep is still creating the database
+    names = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=names[0], storage=storage).get_trials(deepcopy=False) if names else []
 
 
 def _wait(predicate, timeout=240, what=""):

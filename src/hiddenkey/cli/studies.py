@@ -48,21 +48,32 @@ def storage_url(output_dir: Path, storage: str | None) -> str:
     return storage or f"sqlite:///{(output_dir / STUDY_FILE).resolve()}"
 
 
+SCHEMA_ATTEMPTS = 5
+
+
 def open_storage(url: str, heartbeat_interval: int = DEFAULT_HEARTBEAT_S):
     """An RDB storage with heartbeats; failed-by-heartbeat trials are re-enqueued."""
     optuna = _optuna()
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=max(3 * heartbeat_interval, heartbeat_interval + 10),
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-        )
-    except Exception as err:  # sqlalchemy raises its own types for bad URLs and unreachable servers
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CLIError(f"cannot open the study storage {url!r}: {reason}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=max(3 * heartbeat_interval, heartbeat_interval + 10),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            )
+        except Exception as err:  # sqlalchemy raises its own types for bad URLs and unreachable servers
+            # Workers starting together on a new database race to create its schema; the losers see a
+            # unique-constraint error on Optuna's version table and find the schema there on a retry.
+            racing = "UNIQUE constraint" in str(err) or "duplicate key" in str(err)
+            if racing and attempt + 1 < SCHEMA_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CLIError(f"cannot open the study storage {url!r}: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 @dataclass
