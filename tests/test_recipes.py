@@ -100,3 +100,21 @@ def test_recipe_runs_one_step_on_a_tiny_model_of_its_family(recipe, tmp_path):
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["validation"], metrics
+
+
+SPECS = sorted([*(RECIPES.parent / "examples").glob("*.yaml"), *(RECIPES.parent / "docs" / "results").glob("**/*.yaml")])
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: str(p.relative_to(RECIPES.parent)))
+def test_committed_example_and_study_specs_parse(path):
+    """The specs the README and the study point at stay valid for `hiddenkey sweep` / `hiddenkey tune`."""
+    from hiddenkey.cli.sweep import load_plan
+    from hiddenkey.cli.tune import parse_search
+
+    spec = read_spec(path)
+    if "grid" in spec:
+        assert load_plan(path).points
+    else:
+        space = parse_search(spec.get("search"))
+        train = normalise_train(spec["train"], train_argument_names())
+        check_argv(to_argv({**train, "method": space.methods[0], "rate": space.rate[0]}), path.name)
