@@ -30,6 +30,15 @@ from .test_cli import _train_args, data, tiny_bert  # noqa: F401 - fixtures shar
 ADAPTER = "adapter_model.safetensors"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The in-process runs use one thread like the subprocesses (_env), so their results can be bit-identical."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _env() -> dict[str, str]:
     src = str(Path(__file__).resolve().parents[1] / "src")
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
