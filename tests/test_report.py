@@ -151,3 +151,17 @@ def test_bad_search_spaces(search_spec, message):
 
     with pytest.raises(CLIError, match=re.escape(message)):
         parse_search(search_spec)
+
+
+def test_a_single_seed_shows_no_spread_and_figures_are_readable(tmp_path):
+    import stat
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    ref, _ = create_or_load_study(storage, "one-seed")
+    ref.study.add_trial(_trial({"method": "baseline", "seed": 1}, 0.8, DropoutConfig.preset("baseline")))
+    ref.study.add_trial(_trial({"method": "dropkey", "rate": 0.1, "seed": 1}, 0.82, DropoutConfig.preset("dropkey", rate=0.1)))
+    assert main(["report", str(tmp_path)]) == 0
+    row = _table_row((tmp_path / "report.md").read_text(), "method=dropkey")
+    assert row[1] == "1" and "±" not in row[2] and "±" not in row[3]
+    figures = list(tmp_path.glob("*.png"))
+    assert figures and all(stat.S_IMODE(f.stat().st_mode) & 0o044 for f in figures)

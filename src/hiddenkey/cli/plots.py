@@ -51,6 +51,7 @@ def _save(fig, path: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is for reading
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

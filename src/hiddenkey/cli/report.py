@@ -234,8 +234,9 @@ def metric_table(rows: list[Row], which: str) -> list[str]:
         label = f"**{row.label}** ★" if row is best else row.label
         median = f"**{s.median:.4f}**" if row is best else f"{s.median:.4f}"
         delta = "(baseline)" if row.is_baseline else (f"{s.delta:+.4f} (n={s.pairs})" if s.delta is not None else "—")
+        spread = f" ± {s.std:.4f}" if s.n > 1 else ""  # one seed has no spread to show
         lines.append(
-            f"| {label} | {s.n} | {median} ± {s.std:.4f} | {s.mean:.4f} ± {s.std:.4f} | {delta} | {_p(s.p_t)} | {_p(s.p_wilcoxon)} |"
+            f"| {label} | {s.n} | {median}{spread} | {s.mean:.4f}{spread} | {delta} | {_p(s.p_t)} | {_p(s.p_wilcoxon)} |"
         )
     return lines
 
