@@ -86,6 +86,7 @@ def test_end_of_training_metrics_are_those_of_the_last_step_beside_the_best_chec
     assert with_best["best_step"] in {e["step"] for e in evaluations}
     assert with_best["validation"]["accuracy"] == pytest.approx(max(e["eval_accuracy"] for e in evaluations))
     assert "final" not in without
+    assert "untrained" not in with_best and "untrained" not in without  # --untrained_baseline false is honoured
 
 
 def test_train_writes_a_complete_run_folder_and_eval_reproduces_it(tiny_bert, data, tmp_path, capsys):

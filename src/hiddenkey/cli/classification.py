@@ -150,7 +150,8 @@ def train_classification(model_args, data_args, lora_args, dropout_config, run_a
             trainer.add_callback(final)
         results: dict[str, Any] = {"task": spec.name, "method": dropout_config.method, "primary_metric": metric}
         results["dropout"] = dropout_config.describe(regression=spec.is_regression)
-        results["untrained"] = _evaluate(trainer, splits["validation"], test)
+        if run_args.untrained_baseline:
+            results["untrained"] = _evaluate(trainer, splits["validation"], test)
 
         train_output = train_and_save(trainer, out, run_args)
 
