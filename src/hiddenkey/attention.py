@@ -157,6 +157,7 @@ def dropped_attention(
         keep = ops.attention_keep_mask(
             spec.pattern, batch, heads, q_len, k_len, spec.rate, spec.span_ratio, query.device
         )
+        keep = ops.protect_first_keys(keep, mask, spec.keep_first_keys)
         _record(plan, spec, keep)
         bias = ops.dropkey_bias(keep, query.dtype, plan.dropkey_bias)
 
@@ -182,6 +183,7 @@ def dropped_attention(
     keep_keys = ops.attention_keep_mask(
         weights_spec.pattern, batch, heads, 1, k_len, weights_spec.rate, weights_spec.span_ratio, query.device
     )
+    keep_keys = ops.protect_first_keys(keep_keys, mask, weights_spec.keep_first_keys)
     _record(plan, weights_spec, keep_keys)
     m = keep_keys.transpose(-1, -2).to(value.dtype)
     augmented = torch.cat([value * m, m], dim=-1)
@@ -219,6 +221,7 @@ def _explicit_weights_attention(
         weights = torch.softmax(logits, dim=-1).to(value.dtype)
     else:
         keep = ops.attention_keep_mask(spec.pattern, batch, heads, q_len, k_len, spec.rate, spec.span_ratio, query.device)
+        keep = ops.protect_first_keys(keep, mask, spec.keep_first_keys)
         _record(plan, spec, keep)
         weights = ops.dropattention_softmax(logits, keep, spec.stop_gradient).to(value.dtype)
     if dropout > 0:

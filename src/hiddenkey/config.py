@@ -56,6 +56,7 @@ class DropSpec:
     span_ratio: float = 0.1
     stop_gradient: bool = True
     rescale_structured: bool = False
+    keep_first_keys: int = 0
 
     @property
     def active(self) -> bool:
@@ -170,6 +171,14 @@ class DropoutConfig:
             "unchanged; initialisation and data order are fixed before). 0 = every rank draws the same masks."
         ),
     )
+    keep_first_keys: int = field(
+        default=0,
+        metadata=_help(
+            "Never drop the first k visible keys of a sequence (DropKey and DropAttention, every pattern). "
+            "Pretrained decoders park much of their attention on the first token (an attention sink); "
+            "dropping its key can make the loss spike. 0 treats every key alike (the paper)."
+        ),
+    )
     dropkey_bias: float = field(
         default=1e4,
         metadata=_help(
@@ -220,6 +229,7 @@ class DropoutConfig:
             span_ratio=self.span_ratio,
             stop_gradient=self.weights_stop_gradient,
             rescale_structured=self.rescale_structured,
+            keep_first_keys=self.keep_first_keys if position in ("logits", "weights") else 0,
         )
 
     def active_specs(self) -> dict[str, DropSpec]:
@@ -291,9 +301,10 @@ class DropoutConfig:
             raise ConfigError(f"consistency_weight must be a finite number >= 0, got {self.consistency_weight!r}")
         if not isinstance(self.rank_seed_offset, int) or isinstance(self.rank_seed_offset, bool) or self.rank_seed_offset < 0:
             raise ConfigError(f"rank_seed_offset must be an integer >= 0, got {self.rank_seed_offset!r}")
-        chunk = self.consistency_chunk_size
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-            raise ConfigError(f"consistency_chunk_size must be an integer >= 0, got {chunk!r}")
+        for name in ("consistency_chunk_size", "keep_first_keys"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if not self.dropkey_bias > 0:
             raise ConfigError(f"dropkey_bias must be a finite number > 0, got {self.dropkey_bias!r}")
         choice = self.layers.strip().lower()

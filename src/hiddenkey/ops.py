@@ -64,6 +64,31 @@ def attention_keep_mask(
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
+def first_visible_keys(mask: torch.Tensor | None, k_len: int, count: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean ``(B|1, 1|H, 1, Lk)``: the first ``count`` keys of each sequence that some query may see.
+
+    ``mask`` is the structural attention mask (boolean: True = visible; float: 0 = visible, ``finfo.min``
+    = blocked) or None (every key visible). Padding keys are seen by no query, so with left padding the
+    protected keys are the first real tokens; causal and sliding-window masks leave key 0 protected.
+    """
+    if mask is None:
+        return (torch.arange(k_len, device=device) < count).view(1, 1, 1, k_len)
+    mask = mask[..., :k_len]
+    seen = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    visible = seen.any(dim=-2, keepdim=True)
+    return visible & (visible.cumsum(dim=-1) <= count)
+
+
+def protect_first_keys(keep: torch.Tensor, mask: torch.Tensor | None, count: int) -> torch.Tensor:
+    """Keep the first ``count`` visible keys (attention sinks) whatever ``keep`` drew; ``count=0`` is a no-op.
+
+    The mask is drawn first and then overridden, so protecting keys never shifts the random stream.
+    """
+    if count <= 0:
+        return keep
+    return keep | first_visible_keys(mask, keep.shape[-1], count, keep.device)
+
+
 def hidden_keep_mask(
     pattern: str, shape: tuple[int, int, int], rate: float, span_ratio: float = 0.1, device: torch.device | None = None
 ) -> torch.Tensor:

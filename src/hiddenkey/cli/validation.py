@@ -374,6 +374,8 @@ def check_inert_dropout_flags(config: DropoutConfig, given: set[str]) -> None:
         reasons["weights_stop_gradient"] = "DropAttention is off (weights_rate 0)"
     if "logits" not in active:
         reasons["dropkey_bias"] = "DropKey is off (logits_rate 0)"
+    if "logits" not in active and "weights" not in active:
+        reasons["keep_first_keys"] = "no attention drop (DropKey, DropAttention) is on"
     structured = [p for p in ("input", "hidden", "output") if p in active and active[p].pattern != "element"]
     if not structured:
         reasons["rescale_structured"] = "no input/HiddenCut/output drop uses a column or span pattern"
