@@ -112,6 +112,9 @@ def test_committed_example_and_study_specs_parse(path):
     from hiddenkey.cli.tune import parse_search
 
     spec = read_spec(path)
+    model = spec["train"].get("model_name_or_path") or spec["train"].get("model")
+    if model and model.startswith("assets/") and not (RECIPES.parent / model).exists():
+        pytest.skip(f"{model} is a local copy of a packaged model (the spec's Setup line makes it)")
     if "grid" in spec:
         assert load_plan(path).points
     else:
