@@ -124,3 +124,31 @@ def test_compact_padding_mask_only_compacts_identical_rows():
     assert ops.compact_padding_mask(mask).shape == (2, 1, 1, 3)
     mask[0, 0, 1, 0] = False
     assert ops.compact_padding_mask(mask).shape == (2, 1, 3, 3)
+
+
+@pytest.mark.parametrize("stop_gradient", [True, False])
+def test_dropattention_gradient_stays_finite_when_a_row_keeps_a_denormal_sliver(stop_gradient):
+    """A sharp row whose top key is dropped keeps ~e^-100 of its mass: the forward renormalises exactly
+    and the backward must not overflow (g / norm was inf, and inf * 0 gave NaN; seen in real runs)."""
+    logits = torch.tensor([[[[100.0, 0.0, 0.0, 0.0]]]], requires_grad=True)
+    keep = torch.tensor([[[[False, True, True, True]]]])
+    weights = ops.dropattention_softmax(logits, keep, stop_gradient)
+    torch.testing.assert_close(weights.detach(), torch.tensor([[[[0.0, 1 / 3, 1 / 3, 1 / 3]]]]))
+    (weights * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_dropattention_normaliser_is_bit_identical_to_plain_division_in_the_normal_range():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    keep = torch.rand(2, 3, 5, 5) > 0.3
+    keep[0, 0, 0] = False  # one all-dropped row stays zero
+    got = ops.dropattention_softmax(logits, keep)
+    kept = torch.softmax(logits, -1) * keep
+    norm = kept.sum(-1, keepdim=True).detach()
+    want = kept / torch.where(norm > 0, norm, torch.ones_like(norm))
+    assert torch.equal(got, want) and not got[0, 0, 0].any()
+    g = torch.randn_like(got)
+    (grad_got,) = torch.autograd.grad((got * g).sum(), logits)
+    (grad_want,) = torch.autograd.grad((want * g).sum(), logits)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-12, atol=1e-12)

@@ -124,3 +124,26 @@ def test_training_a_decoder_with_protected_keys_is_finite_and_eval_is_untouched(
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids, attention_mask=attention).logits, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pattern", ["column", "element"])
+def test_dropattention_through_the_attention_function_has_finite_gradients_when_the_sink_is_dropped(pattern, monkeypatch):
+    """The real failure behind two diverged study runs: a query that attends almost only to one key,
+    and that key dropped. Both DropAttention paths (SDPA with the mass channel, explicit weights)."""
+    module = build_model("llama").model.layers[0].self_attn.train()
+    q = torch.zeros(1, 4, 1, 8)
+    q[..., 0] = 9.5
+    k = torch.zeros(1, 2, 4, 8)
+    k[0, :, 0, 0] = 9.5  # key 0's logit is ~90 above the others: its weight is 1 - e^-90
+    v = torch.randn(1, 2, 4, 8)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    keep = torch.ones(1, 4, 1, 4, dtype=torch.bool)
+    keep[..., 0] = False
+    monkeypatch.setattr(ops, "attention_keep_mask", lambda *args, **kwargs: keep)
+    spec = DropSpec("weights", 0.5, pattern)
+    plan = AttentionPlan(logits=None, weights=spec, state=None, dropkey_bias=1e4, disable_model_dropout=True)
+    out, _ = dropped_attention(module, plan, q, k, v, None, 0.0, 1.0)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    for x in (q, k, v):
+        assert torch.isfinite(x.grad).all()

@@ -191,9 +191,7 @@ def dropped_attention(
         query, key, augmented, attn_mask=attn_mask, dropout_p=dropout, is_causal=sdpa_causal, scale=scaling
     )
     numerator, kept_mass = out[..., :-1], out[..., -1:]
-    if weights_spec.stop_gradient:
-        kept_mass = kept_mass.detach()
-    out = numerator / torch.where(kept_mass > 0, kept_mass, torch.ones_like(kept_mass))
+    out = ops.normalise_kept(numerator, kept_mass, weights_spec.stop_gradient)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -198,7 +198,40 @@ def dropattention_softmax(logits: torch.Tensor, keep: torch.Tensor, stop_gradien
     """
     weights = torch.softmax(logits, dim=-1)
     kept = weights * keep.to(weights.dtype)
-    norm = kept.sum(dim=-1, keepdim=True)
+    return normalise_kept(kept, kept.sum(dim=-1, keepdim=True), stop_gradient)
+
+
+class _NormaliseKept(torch.autograd.Function):
+    """``x / norm`` whose backward divides by ``max(norm, eps)``.
+
+    The forward is plain division (``norm == 0`` -> 1, so an all-dropped row stays zero). In exact
+    arithmetic the gradient is bounded (``x <= norm``), but ``g / norm`` overflows to inf when a row
+    keeps only a denormal sliver of its attention mass (sharp attention whose top keys are dropped),
+    and inf times a zero weight is NaN. Clamping the divisor in the backward only keeps every row
+    with ``norm >= eps`` bit-identical and bounds the amplification of the others by ``1/eps``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, norm, stop_gradient: bool):
+        safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+        out = x / safe
+        ctx.save_for_backward(out, norm)
+        ctx.stop_gradient = stop_gradient
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, norm = ctx.saved_tensors
+        divisor = norm.clamp_min(torch.finfo(norm.dtype).eps)
+        grad_x = grad / divisor
+        grad_norm = None
+        if not ctx.stop_gradient and ctx.needs_input_grad[1]:
+            grad_norm = -(grad * out).sum(dim=-1, keepdim=True) / divisor
+        return grad_x, grad_norm, None
+
+
+def normalise_kept(kept: torch.Tensor, norm: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
+    """DropAttention's normalised rescaling ``kept / norm`` (Eq. 2), NaN-free in the backward."""
     if stop_gradient:
         norm = norm.detach()
-    return kept / torch.where(norm > 0, norm, torch.ones_like(norm))
+    return _NormaliseKept.apply(kept, norm, stop_gradient)
