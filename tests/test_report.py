@@ -165,3 +165,25 @@ def test_a_single_seed_shows_no_spread_and_figures_are_readable(tmp_path):
     assert row[1] == "1" and "±" not in row[2] and "±" not in row[3]
     figures = list(tmp_path.glob("*.png"))
     assert figures and all(stat.S_IMODE(f.stat().st_mode) & 0o044 for f in figures)
+
+
+def test_runs_that_failed_and_never_completed_are_listed_with_their_failure(tmp_path):
+    """Every seed that ran is part of the record: a divergence is reported, a retried kill is not."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    ref, _ = create_or_load_study(storage, "failures")
+    fail = optuna.trial.TrialState.FAIL
+    for seed in (1, 2):
+        ref.study.add_trial(_trial({"method": "baseline", "seed": seed}, 0.8, DropoutConfig.preset("baseline")))
+    diverged = {"method": "dropattention", "rate": 0.3, "seed": 1}
+    ref.study.add_trial(optuna.create_trial(state=fail, user_attrs={
+        "config": diverged, "config_key": "diverged", "failure": "training diverged: the gradient norm is nan at step 53"}))
+    killed = {"method": "dropkey", "rate": 0.1, "seed": 2}
+    ref.study.add_trial(optuna.create_trial(state=fail, user_attrs={"config": killed, "config_key": "killed", "failure": "worker killed"}))
+    retried = _trial(killed, 0.81, DropoutConfig.preset("dropkey", rate=0.1))
+    retried.user_attrs["config_key"] = "killed"
+    ref.study.add_trial(retried)
+    assert main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    section = text.split("### Runs without a result")[1].split("###")[0]
+    assert "method=dropattention rate=0.3 seed=1 | training diverged: the gradient norm is nan at step 53 |" in section
+    assert "worker killed" not in text

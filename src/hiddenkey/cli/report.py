@@ -241,11 +241,32 @@ def metric_table(rows: list[Row], which: str) -> list[str]:
     return lines
 
 
-def render(name: str, rows_by_task: dict[str, list[Row]], split: str, figures: dict[str, list[Path]], out_dir: Path, counts: dict[str, int], shared: dict[str, Any]) -> str:
+def unfinished_runs(ref) -> list[tuple[dict[str, Any], str]]:
+    """Configurations whose every trial failed, with the last failure message: runs that ran and gave
+    no result (a divergence, a crash) are part of the record. A failure later retried to completion
+    (a killed worker) is not listed."""
+    trials = ref.study.get_trials(deepcopy=False)
+    completed = {t.user_attrs.get("config_key") for t in trials if t.state.name == "COMPLETE"}
+    failed: dict[str, tuple[dict[str, Any], str]] = {}
+    for t in trials:
+        key = t.user_attrs.get("config_key")
+        if t.state.name == "FAIL" and key not in completed:
+            failed[key] = (t.user_attrs.get("config", {}), str(t.user_attrs.get("failure", "no message recorded")))
+    return list(failed.values())
+
+
+def render(name: str, rows_by_task: dict[str, list[Row]], split: str, figures: dict[str, list[Path]], out_dir: Path, counts: dict[str, int], shared: dict[str, Any], unfinished: list[tuple[dict[str, Any], str]] = ()) -> str:
     lines = [f"## Study `{name}`", ""]
     state = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
-    lines += [f"Trials: {state}. Every completed trial is a row entry below; failed trials (a retried kill, "
-              "a duplicate) are not results and are not shown.", ""]
+    lines += [f"Trials: {state}. Every completed trial is a row entry below; a failure that was retried to "
+              "completion (a killed worker) is not a result. Runs that failed and never completed are listed "
+              "under *Runs without a result*.", ""]
+    if unfinished:
+        lines += ["### Runs without a result", "", "| configuration | failure |", "|---|---|"]
+        for config, failure in unfinished:
+            label = " ".join(f"{k}={v}" for k, v in config.items())
+            lines.append(f"| {label} | {' '.join(failure.split())[:400].replace('|', '/')} |")
+        lines.append("")
     if shared:
         lines += ["Shared arguments: " + ", ".join(f"`{k}={_short(v)}`" for k, v in shared.items()), ""]
     for task, rows in rows_by_task.items():
@@ -378,7 +399,7 @@ def write_report(storage, study_names: list[str], output: Path, split: str) -> P
         rows = group_rows(records, shared)
         prefix = stem if len(study_names) == 1 else Path(f"{stem}-{name}")
         figures = {task: draw_figures(task, task_rows, prefix, shared) for task, task_rows in rows.items()}
-        sections.append(render(name, rows, split, figures, output.parent, counts(ref), shared))
+        sections.append(render(name, rows, split, figures, output.parent, counts(ref), shared, unfinished_runs(ref)))
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text("\n".join(sections).rstrip() + "\n", encoding="utf-8")
     tmp.replace(output)
