@@ -182,8 +182,14 @@ def test_runs_that_failed_and_never_completed_are_listed_with_their_failure(tmp_
     retried = _trial(killed, 0.81, DropoutConfig.preset("dropkey", rate=0.1))
     retried.user_attrs["config_key"] = "killed"
     ref.study.add_trial(retried)
+    reclaimed = {"method": "hiddencut", "rate": 0.1, "seed": 1}  # a worker killed mid-run: no error of its own
+    ref.study.add_trial(optuna.create_trial(state=fail, user_attrs={"config": reclaimed, "config_key": "reclaimed"}))
+    requeued = {"method": "hiddencut", "rate": 0.1, "seed": 2}  # failed, and waiting to be retried
+    ref.study.add_trial(optuna.create_trial(state=fail, user_attrs={"config": requeued, "config_key": "requeued", "failure": "oom"}))
+    ref.study.enqueue_trial({}, user_attrs={"config": requeued, "config_key": "requeued"})
     assert main(["report", str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
     section = text.split("### Runs without a result")[1].split("###")[0]
     assert "method=dropattention rate=0.3 seed=1 | training diverged: the gradient norm is nan at step 53 |" in section
     assert "worker killed" not in text
+    assert "method=hiddencut" not in section

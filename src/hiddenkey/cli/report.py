@@ -242,16 +242,17 @@ def metric_table(rows: list[Row], which: str) -> list[str]:
 
 
 def unfinished_runs(ref) -> list[tuple[dict[str, Any], str]]:
-    """Configurations whose every trial failed, with the last failure message: runs that ran and gave
-    no result (a divergence, a crash) are part of the record. A failure later retried to completion
-    (a killed worker) is not listed."""
+    """Configurations whose run ended in an error and gave no result (a divergence, a crash), with the
+    error: every seed that ran is part of the record. A trial without an error of its own (a killed
+    worker, reclaimed by the sweep) is not a run that failed, and a configuration that completed or
+    waits to be retried has no missing result."""
     trials = ref.study.get_trials(deepcopy=False)
-    completed = {t.user_attrs.get("config_key") for t in trials if t.state.name == "COMPLETE"}
+    settled = {t.user_attrs.get("config_key") for t in trials if t.state.name in ("COMPLETE", "WAITING", "RUNNING")}
     failed: dict[str, tuple[dict[str, Any], str]] = {}
     for t in trials:
         key = t.user_attrs.get("config_key")
-        if t.state.name == "FAIL" and key not in completed:
-            failed[key] = (t.user_attrs.get("config", {}), str(t.user_attrs.get("failure", "no message recorded")))
+        if t.state.name == "FAIL" and "failure" in t.user_attrs and key not in settled:
+            failed[key] = (t.user_attrs.get("config", {}), str(t.user_attrs["failure"]))
     return list(failed.values())
 
 
