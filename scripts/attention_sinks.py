@@ -31,7 +31,8 @@ import torch
 
 import hiddenkey
 from hiddenkey import DropoutConfig
-from hiddenkey.cli.models import _model_kwargs, resolve_checkpoint
+from hiddenkey.cli.arguments import ModelArguments
+from hiddenkey.cli.models import load_causal_lm
 from hiddenkey.tasks.reviews import read_rotten_tomatoes_snippets
 
 
@@ -54,11 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load(model: str, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source, gguf = resolve_checkpoint(model)
-    tokenizer = AutoTokenizer.from_pretrained(source, **gguf)
-    lm = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", **_model_kwargs(gguf))
+    """The decoder in float32 with eager attention (``output_attentions`` needs explicit weights)."""
+    lm, tokenizer, _ = load_causal_lm(ModelArguments(model_name_or_path=model, attn_implementation="eager"))
     return lm.to(device).float(), tokenizer
 
 
