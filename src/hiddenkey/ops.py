@@ -209,29 +209,25 @@ class _NormaliseKept(torch.autograd.Function):
     keeps only a denormal sliver of its attention mass (sharp attention whose top keys are dropped),
     and inf times a zero weight is NaN. Clamping the divisor in the backward only keeps every row
     with ``norm >= eps`` bit-identical and bounds the amplification of the others by ``1/eps``.
+    A detached ``norm`` (the stop-gradient of Eq. 2) gets no gradient and the output is not saved.
     """
 
     @staticmethod
-    def forward(ctx, x, norm, stop_gradient: bool):
-        safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-        out = x / safe
-        ctx.save_for_backward(out, norm)
-        ctx.stop_gradient = stop_gradient
+    def forward(ctx, x, norm):
+        out = x / torch.where(norm > 0, norm, torch.ones_like(norm))
+        ctx.save_for_backward(out if ctx.needs_input_grad[1] else None, norm)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         out, norm = ctx.saved_tensors
         divisor = norm.clamp_min(torch.finfo(norm.dtype).eps)
-        grad_x = grad / divisor
-        grad_norm = None
-        if not ctx.stop_gradient and ctx.needs_input_grad[1]:
-            grad_norm = -(grad * out).sum(dim=-1, keepdim=True) / divisor
-        return grad_x, grad_norm, None
+        grad_norm = -(grad * out).sum(dim=-1, keepdim=True) / divisor if ctx.needs_input_grad[1] else None
+        return grad / divisor, grad_norm
 
 
 def normalise_kept(kept: torch.Tensor, norm: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
     """DropAttention's normalised rescaling ``kept / norm`` (Eq. 2), NaN-free in the backward."""
     if stop_gradient:
         norm = norm.detach()
-    return _NormaliseKept.apply(kept, norm, stop_gradient)
+    return _NormaliseKept.apply(kept, norm)
